@@ -4,6 +4,9 @@ Importing the package registers every component (backbones, pixel decoders, tran
 decoders, heads, meta-architectures) and the built-in datasets.
 """
 
-from . import data  # noqa: F401  (registers datasets and mappers)
-from . import modeling  # noqa: F401  (registers model components)
+from . import (
+    data,  # noqa: F401  (registers datasets and mappers)
+    modeling,  # noqa: F401  (registers model components)
+)
 from .config import add_maskformer2_config  # noqa: F401
+from .maskformer_model import MaskFormer  # noqa: F401  (registers the meta-architecture)

@@ -96,6 +96,8 @@ def add_maskformer2_config(cfg: CN) -> None:
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
+    # Deformable attention implementation: "auto" (compiled op when built) or "pytorch".
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_ATTENTION_IMPL = "auto"
 
     # ---------------------------------------------------------------- swin backbone
     cfg.MODEL.SWIN = CN()
@@ -119,3 +121,34 @@ def add_maskformer2_config(cfg: CN) -> None:
     cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     # Activation checkpointing in the Swin blocks (saves memory, costs time).
     cfg.MODEL.SWIN.USE_CHECKPOINT = False
+
+    # ---------------------------------------------------------------- checkpoint
+    # Skip (with a warning) MODEL.WEIGHTS tensors whose shape differs from the model's, e.g. when
+    # fine-tuning with another number of classes; False raises an error naming each such tensor.
+    cfg.MODEL.WEIGHTS_ALLOW_SHAPE_MISMATCH = False
+
+    add_mp_former_config(cfg)
+
+
+def add_mp_former_config(cfg: CN) -> None:
+    """Add MP-Former's mask-piloted training keys (``MODEL.MP_FORMER``); all off by default.
+
+    Reference keys (IDEA-Research/MP-Former): see mask2former/modeling/mp_former.py.
+    """
+    cfg.MODEL.MP_FORMER = CN()
+    # Train with mask-piloted (MP) queries; inference is unchanged (ref: decoder ...MaskDN).
+    cfg.MODEL.MP_FORMER.ENABLED = False
+    # Groups G of MP queries (ref DN.NUM_DN); >= 100 is a total budget: G = NUM_GROUPS // max #GT.
+    cfg.MODEL.MP_FORMER.NUM_GROUPS = 1
+    # Point noise: every level cell of a GT mask flips w.p. ratio * mask area (ref NOISE_SCALE).
+    cfg.MODEL.MP_FORMER.MASK_NOISE_RATIO = 0.0
+    # Draw the point noise independently per attention head (ref HEAD_DN).
+    cfg.MODEL.MP_FORMER.PER_HEAD_NOISE = False
+    # Prob. of replacing an MP query's class by a uniform random one; <= 0: off (LB_NOISE_RATIO).
+    cfg.MODEL.MP_FORMER.LABEL_NOISE_RATIO = 0.2
+    # Pilot every layer with GT masks; False: only layers 0-3 (ref ALL_LY_DN).
+    cfg.MODEL.MP_FORMER.PILOT_ALL_LAYERS = True
+    # Classification loss on MP queries (ref: not DN_NO_LB).
+    cfg.MODEL.MP_FORMER.CLASS_LOSS = True
+    # Query positional embedding: "learned" (query_embed; MP queries get 0) or "none" (fork).
+    cfg.MODEL.MP_FORMER.QUERY_POS = "learned"

@@ -33,6 +33,18 @@ module (rotated boxes, deformable convolution, the fast COCO evaluation) raise o
 """
 
 
+def get_compiler_version():
+    return "none (pure-Python install of Detectron2)"
+
+
+def get_cuda_version():
+    return "none (pure-Python install of Detectron2)"
+
+
+def has_cuda():
+    return False
+
+
 def __getattr__(name):
     raise ImportError(
         f"detectron2._C.{name} is not available: Detectron2 was installed from the "
@@ -82,6 +94,14 @@ def repack(src: Path, dst_dir: Path) -> Path:
     return dst
 
 
+def _stub_is_outdated() -> bool:
+    """True when the installed Detectron2 is ours (placeholder ``_C.py``) with an older stub."""
+    spec = importlib.util.find_spec("detectron2._C")
+    if spec is None or not (spec.origin or "").endswith("_C.py"):
+        return False
+    return Path(spec.origin).read_text() != C_STUB
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="[install_detectron2] %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -90,12 +110,15 @@ def main() -> int:
     args = parser.parse_args()
 
     if importlib.util.find_spec("detectron2") is not None:
-        logger.info("detectron2 is already importable; leaving it alone.")
-        return 0
+        if _stub_is_outdated():
+            logger.info("updating the detectron2._C placeholder of an earlier install")
+        else:
+            logger.info("detectron2 is already importable; leaving it alone.")
+            return 0
 
     args.cache.mkdir(parents=True, exist_ok=True)
     repacked = args.cache / f"{DIST.replace('-', '_')}-{VERSION}-py3-none-any.whl"
-    if not repacked.exists():
+    if not repacked.exists() or _stub_is_outdated():
         logger.info("downloading %s==%s (cp310 wheel, pure-Python part used)", DIST, VERSION)
         pip = [sys.executable, "-m", "pip"]
         subprocess.run(
@@ -103,11 +126,15 @@ def main() -> int:
                    "3.10", f"{DIST}=={VERSION}", "-d", str(args.cache)],
             check=True,
         )
-        src = next(args.cache.glob(f"{DIST.replace('-', '_')}-{VERSION}-cp310-*.whl"))
+        src = next(args.cache.glob(f"{DIST.replace('-', '_')}-{VERSION}-cp310-*.whl"), None)
+        if src is None:
+            raise FileNotFoundError(f"pip download left no cp310 wheel in {args.cache}")
         repacked = repack(src, args.cache)
         logger.info("repacked to %s", repacked)
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", str(repacked)], check=True
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall",
+         str(repacked)],
+        check=True,
     )
     logger.info("installed detectron2 %s", VERSION)
     return 0

@@ -1,0 +1,38 @@
+"""Data: training mappers, built-in dataset registrations, custom-dataset helpers and checks.
+
+Importing this package registers the built-in datasets (lazily: nothing is read from disk).
+"""
+
+from . import datasets  # noqa: F401  (registers the built-in datasets)
+from .checks import check_dataset_config
+from .custom import (
+    register_coco_instances_dataset,
+    register_coco_panoptic_dataset,
+    register_semantic_folder,
+)
+from .dataset_mappers import (
+    MAPPERS,
+    COCOInstanceNewBaselineDatasetMapper,
+    COCOPanopticNewBaselineDatasetMapper,
+    MaskFormerInstanceDatasetMapper,
+    MaskFormerPanopticDatasetMapper,
+    MaskFormerSemanticDatasetMapper,
+    build_train_mapper,
+)
+from .utils import read_image_checked, read_label_map
+
+__all__ = [
+    "MAPPERS",
+    "COCOInstanceNewBaselineDatasetMapper",
+    "COCOPanopticNewBaselineDatasetMapper",
+    "MaskFormerInstanceDatasetMapper",
+    "MaskFormerPanopticDatasetMapper",
+    "MaskFormerSemanticDatasetMapper",
+    "build_train_mapper",
+    "check_dataset_config",
+    "read_image_checked",
+    "read_label_map",
+    "register_coco_instances_dataset",
+    "register_coco_panoptic_dataset",
+    "register_semantic_folder",
+]

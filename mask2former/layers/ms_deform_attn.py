@@ -4,7 +4,7 @@ Notation: N batch, S = sum of H_l * W_l value positions over the L levels, Lq qu
 M heads, D channels per head, P sampling points per head and level.
 
 ``ms_deform_attn`` is the single entry point used by the model; it picks an implementation at
-call time (see ``mask2former.layers.ms_deform_attn_dispatch`` once the compiled op exists).
+call time (see ``mask2former.layers.ms_deform_attn_dispatch``).
 ``ms_deform_attn_pytorch`` is the reference implementation: bilinear sampling with
 ``grid_sample`` (align_corners=False, zero padding), which runs on every device.
 """
@@ -14,6 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .ms_deform_attn_dispatch import ms_deform_attn_compiled, use_compiled
 
 
 def ms_deform_attn_pytorch(
@@ -71,6 +73,10 @@ def ms_deform_attn(
 
     Same arguments and result as :func:`ms_deform_attn_pytorch`.
     """
+    if use_compiled(value, sampling_locations, attention_weights):
+        return ms_deform_attn_compiled(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )
     return ms_deform_attn_pytorch(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights
     )

@@ -1,0 +1,1 @@
+from .swin import D2SwinTransformer  # noqa: F401

@@ -1,0 +1,89 @@
+"""Check, before training, that the config's class count and mapper fit the training datasets."""
+
+from __future__ import annotations
+
+import logging
+
+from detectron2.data import MetadataCatalog
+
+__all__ = ["check_dataset_config", "dataset_tasks"]
+
+logger = logging.getLogger(__name__)
+
+# What each training mapper needs from a dataset, and which class list its labels index.
+_MAPPER_NEEDS = {
+    "mask_former_semantic": ("semantic", "stuff_classes"),
+    "mask_former_panoptic": ("panoptic", "stuff_classes"),
+    "coco_panoptic_lsj": ("panoptic", "stuff_classes"),
+    "mask_former_instance": ("instance", "thing_classes"),
+    "coco_instance_lsj": ("instance", "thing_classes"),
+}
+
+_SEMANTIC_EVALUATORS = {"sem_seg", "cityscapes_sem_seg"}
+_INSTANCE_EVALUATORS = {"coco", "lvis", "cityscapes_instance"}
+
+
+def dataset_tasks(meta) -> set[str]:
+    """The annotation kinds a registered dataset provides, judged from its metadata:
+    "panoptic" (panoptic PNGs + json), "semantic" (label maps), "instance" (per-object
+    annotations). Empty when the metadata does not tell."""
+    tasks = set()
+    if meta.get("panoptic_root") or meta.get("panoptic_json"):
+        tasks.add("panoptic")
+    if meta.get("sem_seg_root") or meta.get("evaluator_type") in _SEMANTIC_EVALUATORS:
+        tasks.add("semantic")
+    if meta.get("evaluator_type") in _INSTANCE_EVALUATORS:
+        tasks.add("instance")
+    return tasks
+
+
+def check_dataset_config(cfg) -> None:
+    """Raise ValueError if ``cfg`` does not fit its training datasets.
+
+    Checks, for every dataset in ``cfg.DATASETS.TRAIN``:
+    - ``cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES`` equals the number of classes the mapper's targets
+      index: ``stuff_classes`` for the semantic and panoptic mappers, ``thing_classes`` for the
+      instance mappers;
+    - ``cfg.INPUT.DATASET_MAPPER_NAME`` fits the annotations (panoptic mappers need panoptic
+      annotations, instance mappers instance annotations, the semantic mapper label maps).
+    All problems are reported together, each naming the config key and the dataset.
+    """
+    mapper = cfg.INPUT.DATASET_MAPPER_NAME
+    if mapper not in _MAPPER_NEEDS:
+        raise ValueError(
+            f"INPUT.DATASET_MAPPER_NAME={mapper!r} is not a known mapper; valid names: "
+            f"{sorted(_MAPPER_NEEDS)}"
+        )
+    needed_task, class_key = _MAPPER_NEEDS[mapper]
+    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    problems = []
+    if not cfg.DATASETS.TRAIN:
+        problems.append("DATASETS.TRAIN is empty")
+    for name in cfg.DATASETS.TRAIN:
+        meta = MetadataCatalog.get(name)
+        classes = meta.get(class_key)
+        if classes is None:
+            problems.append(
+                f"dataset '{name}' has no '{class_key}' in its metadata, which "
+                f"INPUT.DATASET_MAPPER_NAME={mapper!r} needs to check MODEL.SEM_SEG_HEAD."
+                f"NUM_CLASSES={num_classes} (is '{name}' registered, and for this task?)"
+            )
+        elif len(classes) != num_classes:
+            problems.append(
+                f"MODEL.SEM_SEG_HEAD.NUM_CLASSES={num_classes} but dataset '{name}' has "
+                f"{len(classes)} {class_key} (used by INPUT.DATASET_MAPPER_NAME={mapper!r})"
+            )
+        tasks = dataset_tasks(meta)
+        if not tasks:
+            logger.warning(
+                f"Cannot tell which annotations dataset '{name}' has (no panoptic_root, "
+                f"sem_seg_root or known evaluator_type); not checking the mapper {mapper!r}"
+            )
+        elif needed_task not in tasks:
+            problems.append(
+                f"INPUT.DATASET_MAPPER_NAME={mapper!r} needs {needed_task} annotations, but "
+                f"dataset '{name}' has {sorted(tasks)} "
+                f"(evaluator_type={meta.get('evaluator_type')!r})"
+            )
+    if problems:
+        raise ValueError("Dataset/config mismatch:\n  - " + "\n  - ".join(problems))

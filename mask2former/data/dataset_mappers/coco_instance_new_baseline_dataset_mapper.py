@@ -1,0 +1,18 @@
+"""COCO instance segmentation with large-scale jitter (DATASET_MAPPER_NAME "coco_instance_lsj")."""
+
+from __future__ import annotations
+
+from .common import instance_targets
+from .lsj_dataset_mapper import LSJDatasetMapper
+
+__all__ = ["COCOInstanceNewBaselineDatasetMapper"]
+
+
+class COCOInstanceNewBaselineDatasetMapper(LSJDatasetMapper):
+    """One target per non-crowd annotation (polygons, RLE or bitmask); masks emptied by the crop
+    are dropped. See :class:`LSJDatasetMapper` for the output keys."""
+
+    def _targets(self, dataset_dict, transforms, original_shape, image_shape):
+        return instance_targets(
+            dataset_dict, transforms, original_shape, image_shape, type(self).__name__
+        )
