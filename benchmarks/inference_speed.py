@@ -27,7 +27,7 @@ import torch
 from detectron2.modeling import build_model
 
 import mask2former  # noqa: F401  (registers the model components)
-from mask2former.engine.defaults import load_config
+from mask2former.engine.defaults import adjust_for_device, load_config
 
 logger = logging.getLogger("mask2former.benchmarks.inference_speed")
 
@@ -78,21 +78,26 @@ def main(argv=None) -> dict:
     parser.add_argument("--width", type=int, default=1216)
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first")
     parser.add_argument("--runs", type=int, default=5, help="timed calls")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="",
+                        help="default: the config's MODEL.DEVICE, the CPU when CUDA is absent")
     parser.add_argument("--output", default="", help="JSON file (default: benchmarks/results/)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     cfg = load_config(args.config_file, args.opts)
-    cfg.MODEL.DEVICE = args.device
+    cfg.MODEL.DEVICE = args.device or cfg.MODEL.DEVICE
+    for note in adjust_for_device(cfg):
+        logger.info(note)
     cfg.MODEL.WEIGHTS = ""
     torch.manual_seed(0)
     model = build_model(cfg).eval()
+    load_before = os.getloadavg()[0]
     times = measure(model, args.height, args.width, args.warmup, args.runs)
+    load_after = os.getloadavg()[0]
 
     test = cfg.MODEL.MASK_FORMER.TEST
-    device = torch.device(args.device)
+    device = torch.device(cfg.MODEL.DEVICE)
     result = {
         "config": os.path.relpath(os.path.abspath(args.config_file), _ROOT),
         "overrides": args.opts,
@@ -112,6 +117,8 @@ def main(argv=None) -> dict:
         },
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "torch_threads": torch.get_num_threads(),
+        # 1-minute load average before and after timing: other work competing for the CPU.
+        "load_average": [load_before, load_after],
         "torch": torch.__version__,
         "python": platform.python_version(),
     }

@@ -16,7 +16,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import add_maskformer2_config
 
-__all__ = ["UnknownConfigKeyError", "load_config", "setup"]
+__all__ = ["UnknownConfigKeyError", "adjust_for_device", "load_config", "setup"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def load_config(config_file: str = "", opts: Sequence[str] = ()) -> CfgNode:
     return cfg
 
 
-def _adjust_for_device(cfg: CfgNode) -> list[str]:
+def adjust_for_device(cfg: CfgNode) -> list[str]:
     """Run on the CPU when CUDA is absent; AMP only on CUDA. Returns messages to log."""
     notes = []
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
@@ -118,7 +118,7 @@ def setup(args) -> CfgNode:
     """Frozen config from ``args`` (Detectron2's command line) and the usual process set-up:
     output folder, logging, environment info, seeding (:func:`default_setup`)."""
     cfg = load_config(args.config_file, args.opts)
-    notes = _adjust_for_device(cfg)
+    notes = adjust_for_device(cfg)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mask2former")

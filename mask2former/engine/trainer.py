@@ -119,6 +119,8 @@ class Trainer(DefaultTrainer):
         ddp_kwargs = {} if on_cuda else {"device_ids": None}
         model = create_ddp_model(model, broadcast_buffers=False, **ddp_kwargs)
         use_amp = cfg.SOLVER.AMP.ENABLED and on_cuda
+        if cfg.SOLVER.AMP.ENABLED and not use_amp:
+            logger.warning("AMP is off: SOLVER.AMP.ENABLED is only used on CUDA.")
         self._trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, data_loader, optimizer)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)

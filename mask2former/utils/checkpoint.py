@@ -165,6 +165,8 @@ class SafeCheckpointer(DetectionCheckpointer):
         state_dict = _strip_module_prefix(state_dict)
         mismatches = []
         for key, value in state_dict.items():
+            if not hasattr(value, "shape"):
+                continue  # not an array: Detectron2 rejects it with its own error
             shape = tuple(value.shape)
             if key in model_state:
                 candidates = [key]

@@ -99,8 +99,8 @@ def test_loss_falls(data_root, tmp_path):
     losses = [v for v, _ in trainer.storage.history("total_loss").values()]
     assert len(losses) == 40 and all(math.isfinite(v) for v in losses)
     first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
-    print(first, last, losses)
-    assert last < 0.7 * first, f"loss did not fall: {first:.2f} -> {last:.2f}"
+    # Seen: 75 -> 51. Without learning (lr 0) the mean stays within a few percent.
+    assert last < 0.8 * first, f"loss did not fall: {first:.2f} -> {last:.2f}"
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
 from mask2former.layers import MSDeformAttn
+from mask2former.layers.ms_deform_attn_dispatch import set_ms_deform_attn_impl
 
 from .fpn import NUM_MULTI_SCALE_FEATURES, make_lateral_conv, make_output_conv
 from .position_encoding import PositionEmbeddingSine
@@ -274,6 +275,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
     @classmethod
     def from_config(cls, cfg, input_shape: dict[str, ShapeSpec]):
         head = cfg.MODEL.SEM_SEG_HEAD
+        # Process-wide choice of the deformable-attention kernel ("auto" or "pytorch").
+        set_ms_deform_attn_impl(head.DEFORMABLE_ATTENTION_IMPL)
         return {
             "input_shape": {k: v for k, v in input_shape.items() if k in head.IN_FEATURES},
             "conv_dim": head.CONVS_DIM,
