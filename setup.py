@@ -166,6 +166,7 @@ setup(
     description="Mask2Former and its successors as a Detectron2 extension",
     packages=find_packages(include=["mask2former", "mask2former.*"]),
     python_requires=">=3.10",
+    package_data={"mask2former.data.datasets": ["*.json"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )
