@@ -5,11 +5,15 @@ Builds the model of ``--config-file`` (no weights are loaded: timing does not de
 feeds one random image of ``--height`` x ``--width`` per call (batch 1, the evaluation setting,
 all post-processing the config switches on included), runs ``--warmup`` untimed calls, then
 ``--runs`` timed ones, and prints and writes the median, mean, min and max seconds per image to a
-JSON file (default ``benchmarks/results/inference_speed_<config>_<device>.json``).
+JSON file (default ``benchmarks/results/inference_speed_<config>_<device>_<impl>.json``, where
+``impl`` is the deformable-attention path: ``compiled``, or ``pytorch`` with
+``M2F_MSDA_IMPL=pytorch``).
 
 Example (the figure quoted in the README)::
 
     python benchmarks/inference_speed.py \
+        --config-file configs/coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml
+    M2F_MSDA_IMPL=pytorch python benchmarks/inference_speed.py \
         --config-file configs/coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml
 """
 
@@ -28,6 +32,7 @@ from detectron2.modeling import build_model
 
 import mask2former  # noqa: F401  (registers the model components)
 from mask2former.engine.defaults import adjust_for_device, load_config
+from mask2former.layers.ms_deform_attn_dispatch import active_impl
 
 logger = logging.getLogger("mask2former.benchmarks.inference_speed")
 
@@ -116,6 +121,8 @@ def main(argv=None) -> dict:
             "all": times,
         },
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        # "compiled" (mask2former._C) or "pytorch" (M2F_MSDA_IMPL=pytorch, or no extension).
+        "deformable_attention": active_impl(device.type),
         "torch_threads": torch.get_num_threads(),
         # 1-minute load average before and after timing: other work competing for the CPU.
         "load_average": [load_before, load_after],
@@ -123,15 +130,17 @@ def main(argv=None) -> dict:
         "python": platform.python_version(),
     }
     name = os.path.splitext(os.path.basename(args.config_file))[0]
-    output = args.output or os.path.join(
-        _ROOT, "benchmarks", "results", f"inference_speed_{name}_{device.type}.json"
-    )
+    tag = f"{name}_{device.type}_{result['deformable_attention']}"
+    default = os.path.join(_ROOT, "benchmarks", "results", f"inference_speed_{tag}.json")
+    output = args.output or default
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "w") as f:
         json.dump(result, f, indent=2)
     logger.info(
-        "%s, %dx%d, %s (%d threads): median %.3f s/image (mean %.3f, min %.3f, max %.3f; %d runs)",
+        "%s, %dx%d, %s (%d threads, %s deformable attention): "
+        "median %.3f s/image (mean %.3f, min %.3f, max %.3f; %d runs)",
         result["config"], args.height, args.width, result["device"], result["torch_threads"],
+        result["deformable_attention"],
         result["seconds_per_image"]["median"], result["seconds_per_image"]["mean"],
         result["seconds_per_image"]["min"], result["seconds_per_image"]["max"], args.runs,
     )

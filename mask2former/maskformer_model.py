@@ -186,10 +186,7 @@ class MaskFormer(nn.Module):
             inference: one dict per image with, as switched on, "sem_seg" (K, height, width)
             scores, "panoptic_seg" ((height, width) int32 ids, segments_info) and "instances".
         """
-        images = [x["image"].to(self.device) for x in batched_inputs]
-        images = [(x - self.pixel_mean) / self.pixel_std for x in images]
-        images = ImageList.from_tensors(images, self.size_divisibility)  # (B, C, H, W)
-
+        images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
 
         if self.training:
@@ -215,6 +212,18 @@ class MaskFormer(nn.Module):
 
         outputs = self.sem_seg_head(features)
         return self.inference(outputs, batched_inputs, images)
+
+    def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
+        """Normalised images on the model's device, zero-padded into one batch tensor
+        (B, C, H_pad, W_pad) with H_pad, W_pad multiples of ``size_divisibility``.
+
+        The model does not mask the padding: an image's prediction depends on how much padding
+        its batch adds (see :class:`mask2former.predictor.Predictor`, which batches only images
+        of the same padded size).
+        """
+        images = [x["image"].to(self.device) for x in batched_inputs]
+        images = [(x - self.pixel_mean) / self.pixel_std for x in images]  # (C, H, W) each
+        return ImageList.from_tensors(images, self.size_divisibility)  # (B, C, H_pad, W_pad)
 
     def prepare_targets(self, gt_instances: list[Instances], images: ImageList) -> list[dict]:
         """Per image, "labels" (G,) int64 and "masks" (G, H_pad, W_pad) zero-padded to the
@@ -243,22 +252,45 @@ class MaskFormer(nn.Module):
         self, outputs: dict, batched_inputs: list[dict], images: ImageList
     ) -> list[dict]:
         """Post-process the last prediction of each image (see ``forward``)."""
-        mask_cls_results = outputs["pred_logits"]  # (B, Q, K+1)
-        mask_pred_results = F.interpolate(
+        output_sizes = [
+            (x.get("height", size[0]), x.get("width", size[1]))
+            for x, size in zip(batched_inputs, images.image_sizes)
+        ]
+        return self.postprocess(
+            outputs["pred_logits"],
             outputs["pred_masks"],
-            size=images.tensor.shape[-2:],
-            mode="bilinear",
-            align_corners=False,
-        )  # (B, Q, H, W)
-        del outputs
+            padded_size=tuple(images.tensor.shape[-2:]),
+            image_sizes=images.image_sizes,
+            output_sizes=output_sizes,
+        )
+
+    def postprocess(
+        self,
+        pred_logits: torch.Tensor,
+        pred_masks: torch.Tensor,
+        *,
+        padded_size: tuple[int, int],
+        image_sizes: Sequence[tuple[int, int]],
+        output_sizes: Sequence[tuple[int, int]],
+    ) -> list[dict]:
+        """Raw decoder outputs -> one result dict per image, as ``forward`` returns them.
+
+        Args:
+            pred_logits: (B, Q, K+1) class logits of the last prediction point.
+            pred_masks: (B, Q, h, w) mask logits at 1/4 of the padded input.
+            padded_size: (H_pad, W_pad) of the input batch tensor.
+            image_sizes: per image, the (H, W) of its valid (unpadded) part of the input.
+            output_sizes: per image, the (height, width) the results are resized to.
+        """
+        mask_pred_results = F.interpolate(
+            pred_masks, size=padded_size, mode="bilinear", align_corners=False
+        )  # (B, Q, H_pad, W_pad)
 
         num_classes = self.sem_seg_head.num_classes
         processed_results = []
-        for mask_cls, mask_pred, input_per_image, image_size in zip(
-            mask_cls_results, mask_pred_results, batched_inputs, images.image_sizes
+        for mask_cls, mask_pred, (height, width), image_size in zip(
+            pred_logits, mask_pred_results, output_sizes, image_sizes
         ):
-            height = input_per_image.get("height", image_size[0])
-            width = input_per_image.get("width", image_size[1])
             result = {}
             if self.sem_seg_postprocess_before_inference:
                 mask_pred = retry_if_cuda_oom(sem_seg_postprocess)(

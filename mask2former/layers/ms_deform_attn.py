@@ -10,6 +10,7 @@ call time (see ``mask2former.layers.ms_deform_attn_dispatch``).
 """
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,10 +18,23 @@ from torch import nn
 
 from .ms_deform_attn_dispatch import ms_deform_attn_compiled, use_compiled
 
+SpatialShapes = torch.Tensor | Sequence[tuple[int, int]]
+
+
+def level_sizes(spatial_shapes: SpatialShapes) -> list[tuple[int, int]]:
+    """(H_l, W_l) of each level as Python ints, from an (L, 2) tensor or a sequence of pairs.
+
+    Pass Python pairs where the shapes must stay static (``torch.export``, ONNX export): reading
+    them from a tensor there is a data-dependent operation.
+    """
+    if isinstance(spatial_shapes, torch.Tensor):
+        spatial_shapes = spatial_shapes.tolist()
+    return [(int(h), int(w)) for h, w in spatial_shapes]
+
 
 def ms_deform_attn_pytorch(
     value: torch.Tensor,
-    spatial_shapes: torch.Tensor,
+    spatial_shapes: SpatialShapes,
     level_start_index: torch.Tensor,
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
@@ -29,7 +43,7 @@ def ms_deform_attn_pytorch(
 
     Args:
         value: (N, S, M, D) values of all levels, flattened and concatenated.
-        spatial_shapes: (L, 2) int64, (H_l, W_l) of each level.
+        spatial_shapes: (L, 2) int64, (H_l, W_l) of each level, or the L pairs as Python ints.
         level_start_index: (L,) int64, start of each level in S (unused here, kept so that all
             implementations share one signature).
         sampling_locations: (N, Lq, M, L, P, 2) normalised (x, y) in [0, 1] (outside: zeros).
@@ -41,11 +55,11 @@ def ms_deform_attn_pytorch(
     del level_start_index
     n, _, m, d = value.shape
     _, lq, _, num_levels, num_points, _ = sampling_locations.shape
-    sizes = [int(h) * int(w) for h, w in spatial_shapes.tolist()]
-    value_levels = value.split(sizes, dim=1)  # L x (N, H_l*W_l, M, D)
+    shapes = level_sizes(spatial_shapes)
+    value_levels = value.split([h * w for h, w in shapes], dim=1)  # L x (N, H_l*W_l, M, D)
     grids = 2 * sampling_locations - 1  # (N, Lq, M, L, P, 2) in [-1, 1]
     sampled = []
-    for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+    for lvl, (h, w) in enumerate(shapes):
         # (N, H*W, M, D) -> (N, M, D, H*W) -> (N*M, D, H, W)
         v = value_levels[lvl].permute(0, 2, 3, 1).reshape(n * m, d, h, w)
         # (N, Lq, M, P, 2) -> (N, M, Lq, P, 2) -> (N*M, Lq, P, 2)
@@ -64,7 +78,7 @@ def ms_deform_attn_pytorch(
 
 def ms_deform_attn(
     value: torch.Tensor,
-    spatial_shapes: torch.Tensor,
+    spatial_shapes: SpatialShapes,
     level_start_index: torch.Tensor,
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
@@ -74,6 +88,10 @@ def ms_deform_attn(
     Same arguments and result as :func:`ms_deform_attn_pytorch`.
     """
     if use_compiled(value, sampling_locations, attention_weights):
+        if not isinstance(spatial_shapes, torch.Tensor):
+            spatial_shapes = torch.as_tensor(
+                spatial_shapes, dtype=torch.long, device=value.device
+            )  # (L, 2)
         return ms_deform_attn_compiled(
             value, spatial_shapes, level_start_index, sampling_locations, attention_weights
         )
@@ -129,7 +147,7 @@ class MSDeformAttn(nn.Module):
         query: torch.Tensor,
         reference_points: torch.Tensor,
         input_flatten: torch.Tensor,
-        input_spatial_shapes: torch.Tensor,
+        input_spatial_shapes: SpatialShapes,
         input_level_start_index: torch.Tensor,
         input_padding_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -138,7 +156,8 @@ class MSDeformAttn(nn.Module):
             query: (N, Lq, C).
             reference_points: (N, Lq, L, 2) normalised (x, y) in [0, 1].
             input_flatten: (N, S, C) values of all levels, flattened and concatenated.
-            input_spatial_shapes: (L, 2) int64 (H_l, W_l).
+            input_spatial_shapes: (L, 2) int64 (H_l, W_l), or the L pairs as Python ints
+                (static shapes: what ``torch.export`` needs).
             input_level_start_index: (L,) int64.
             input_padding_mask: (N, S) bool, True at padded positions (zeroed), or None.
 
@@ -147,7 +166,8 @@ class MSDeformAttn(nn.Module):
         """
         n, lq, _ = query.shape
         _, s, _ = input_flatten.shape
-        if int((input_spatial_shapes[:, 0] * input_spatial_shapes[:, 1]).sum()) != s:
+        sizes = level_sizes(input_spatial_shapes)
+        if sum(h * w for h, w in sizes) != s:
             raise ValueError("input_flatten length does not match input_spatial_shapes")
         value = self.value_proj(input_flatten)  # (N, S, C)
         if input_padding_mask is not None:
@@ -167,11 +187,13 @@ class MSDeformAttn(nn.Module):
                 f"reference_points must end in 2 (x, y), got {tuple(reference_points.shape)}"
             )
         # Offsets are in pixels of each level: divide by (W_l, H_l). (L, 2) as (W, H)
-        normalizer = torch.stack([input_spatial_shapes[..., 1], input_spatial_shapes[..., 0]], -1)
+        normalizer = torch.as_tensor(
+            [(w, h) for h, w in sizes], dtype=offsets.dtype, device=offsets.device
+        )  # (L, 2)
         # (N, Lq, 1, L, 1, 2) + (N, Lq, M, L, P, 2) / (1, 1, 1, L, 1, 2)
         locations = (
             reference_points[:, :, None, :, None, :]
-            + offsets / normalizer[None, None, None, :, None, :].to(offsets.dtype)
+            + offsets / normalizer[None, None, None, :, None, :]
         )
         out = ms_deform_attn(
             value, input_spatial_shapes, input_level_start_index, locations, weights

@@ -17,6 +17,7 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
 from mask2former.layers import MSDeformAttn
+from mask2former.layers.ms_deform_attn import SpatialShapes, level_sizes
 from mask2former.layers.ms_deform_attn_dispatch import set_ms_deform_attn_impl
 
 from .fpn import NUM_MULTI_SCALE_FEATURES, make_lateral_conv, make_output_conv
@@ -50,7 +51,7 @@ class MSDeformAttnTransformerEncoderLayer(nn.Module):
         src: torch.Tensor,
         pos: torch.Tensor,
         reference_points: torch.Tensor,
-        spatial_shapes: torch.Tensor,
+        spatial_shapes: SpatialShapes,
         level_start_index: torch.Tensor,
     ) -> torch.Tensor:
         """src, pos: (B, S, C); reference_points: (B, S, L, 2). Returns (B, S, C)."""
@@ -68,14 +69,14 @@ class MSDeformAttnTransformerEncoder(nn.Module):
         self.layers = nn.ModuleList(layers)
 
     @staticmethod
-    def get_reference_points(spatial_shapes: torch.Tensor, device: torch.device) -> torch.Tensor:
+    def get_reference_points(spatial_shapes: SpatialShapes, device: torch.device) -> torch.Tensor:
         """Normalised pixel centres ((i + 0.5) / size) of every level, (S, 2) as (x, y).
 
         No padding is masked, so valid ratios are 1 and a query's reference point is the same
         on every level.
         """
         points = []
-        for h, w in spatial_shapes.tolist():
+        for h, w in level_sizes(spatial_shapes):
             ref_y, ref_x = torch.meshgrid(
                 (torch.arange(h, dtype=torch.float32, device=device) + 0.5) / h,
                 (torch.arange(w, dtype=torch.float32, device=device) + 0.5) / w,
@@ -88,13 +89,13 @@ class MSDeformAttnTransformerEncoder(nn.Module):
         self,
         src: torch.Tensor,
         pos: torch.Tensor,
-        spatial_shapes: torch.Tensor,
+        spatial_shapes: SpatialShapes,
         level_start_index: torch.Tensor,
     ) -> torch.Tensor:
-        """src, pos: (B, S, C). Returns (B, S, C)."""
+        """src, pos: (B, S, C); spatial_shapes: (L, 2) or L (H_l, W_l) pairs. -> (B, S, C)."""
         ref = self.get_reference_points(spatial_shapes, src.device)  # (S, 2)
         # (S, 2) -> (B, S, L, 2)
-        ref = ref[None, :, None, :].expand(src.shape[0], -1, spatial_shapes.shape[0], -1)
+        ref = ref[None, :, None, :].expand(src.shape[0], -1, len(spatial_shapes), -1)
         output = src
         for layer in self.layers:
             output = layer(output, pos, ref, spatial_shapes, level_start_index)
@@ -175,7 +176,9 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
         level_start_index = torch.cat(
             (spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1])
         )  # (L,)
-        memory = self.encoder(src_flatten, pos_flatten, spatial_shapes, level_start_index)
+        # The encoder gets the sizes as Python ints: static under torch.export / ONNX export.
+        sizes = [(int(src.shape[-2]), int(src.shape[-1])) for src in srcs]
+        memory = self.encoder(src_flatten, pos_flatten, sizes, level_start_index)
         return memory, spatial_shapes, level_start_index
 
 

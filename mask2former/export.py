@@ -1,0 +1,233 @@
+"""Export of a Mask2Former model's network (backbone -> pixel decoder -> transformer decoder).
+
+:class:`MaskFormerNetwork` returns the raw tensors of the last prediction point for a batch of
+normalised, padded images; pre-processing (:func:`prepare_image`) and post-processing
+(:func:`postprocess`, the model's own semantic / panoptic / instance inference) stay outside
+the exported graph, as in segment-anything's ONNX wrapper. Two formats:
+
+- ONNX (:func:`export_onnx`), run with onnxruntime (:func:`run_onnx`);
+- ``torch.export`` (:func:`export_torch`), an ``ExportedProgram`` saved as ``.pt2``.
+
+Both are traced at one fixed input size. The multi-scale deformable attention runs its
+pure-PyTorch path while exporting (the compiled op has no ONNX or export translation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from detectron2.data import transforms as T
+from torch import nn
+
+from .layers.ms_deform_attn_dispatch import ENV_VAR as MSDA_ENV_VAR
+
+__all__ = [
+    "MaskFormerNetwork",
+    "export_onnx",
+    "export_torch",
+    "load_onnx",
+    "postprocess",
+    "prepare_image",
+    "pytorch_deform_attn",
+    "run_onnx",
+]
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAMES = ["images"]
+OUTPUT_NAMES = ["pred_logits", "pred_masks"]
+
+
+class MaskFormerNetwork(nn.Module):
+    """The network part of a :class:`~mask2former.maskformer_model.MaskFormer`, tensors in and
+    out: no normalisation, padding or post-processing.
+
+    Args:
+        model: a MaskFormer (its backbone and head are shared, not copied); put it in eval mode.
+    """
+
+    def __init__(self, *, model: nn.Module):
+        super().__init__()
+        self.backbone = model.backbone
+        self.sem_seg_head = model.sem_seg_head
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            images: (B, 3, H, W) normalised ((x - PIXEL_MEAN) / PIXEL_STD), H and W multiples
+                of the model's size divisibility (32 for the built-in backbones).
+
+        Returns:
+            pred_logits (B, Q, K+1) class logits (last: "no object") and pred_masks
+            (B, Q, H/4, W/4) mask logits, of the last prediction point.
+        """
+        outputs = self.sem_seg_head(self.backbone(images))
+        return outputs["pred_logits"], outputs["pred_masks"]
+
+
+@contextlib.contextmanager
+def pytorch_deform_attn() -> Iterator[None]:
+    """Forces the pure-PyTorch deformable attention (``M2F_MSDA_IMPL=pytorch``) inside."""
+    previous = os.environ.get(MSDA_ENV_VAR)
+    os.environ[MSDA_ENV_VAR] = "pytorch"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(MSDA_ENV_VAR, None)
+        else:
+            os.environ[MSDA_ENV_VAR] = previous
+
+
+@contextlib.contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """Only errors from these loggers inside (the ONNX optimiser warns about every multi-output
+    node it does not fold, and logs every pass at INFO)."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def prepare_image(
+    model: nn.Module, image: np.ndarray, height: int, width: int
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """One (H0, W0, 3) uint8 image in the model's input format -> the exported input.
+
+    The image is scaled to fit inside (height, width), keeping its aspect ratio, normalised,
+    and zero-padded at the bottom and right (zero is the mean colour after normalisation).
+
+    Returns:
+        (1, 3, height, width) float32 on the model's device, and the (h, w) of the scaled image
+        inside it (the ``image_size`` of :func:`postprocess`).
+    """
+    h0, w0 = image.shape[:2]
+    scale = min(height / h0, width / w0)
+    h, w = min(height, round(h0 * scale)), min(width, round(w0 * scale))
+    resized = T.ResizeTransform(h0, w0, h, w).apply_image(image)  # (h, w, 3) uint8
+    tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)), dtype=torch.float32)
+    tensor = (tensor.to(model.device) - model.pixel_mean) / model.pixel_std  # (3, h, w)
+    padded = tensor.new_zeros((1, 3, height, width))  # (1, 3, height, width)
+    padded[0, :, :h, :w] = tensor
+    return padded, (h, w)
+
+
+def postprocess(
+    model: nn.Module,
+    pred_logits: torch.Tensor | np.ndarray,
+    pred_masks: torch.Tensor | np.ndarray,
+    *,
+    input_size: tuple[int, int],
+    image_sizes: Sequence[tuple[int, int]],
+    output_sizes: Sequence[tuple[int, int]],
+) -> list[dict]:
+    """Raw outputs of :class:`MaskFormerNetwork` (eager, ONNX or exported) -> per image the
+    model's results ("sem_seg", "panoptic_seg", "instances", as its TEST flags switch on).
+
+    Args:
+        model: the MaskFormer the network was taken from (thresholds, tasks, thing classes).
+        pred_logits: (B, Q, K+1); pred_masks: (B, Q, H/4, W/4); tensors or numpy arrays.
+        input_size: (H, W) of the network input.
+        image_sizes: per image, the (h, w) of its valid part of the input.
+        output_sizes: per image, the (height, width) of the results.
+    """
+    logits = torch.as_tensor(pred_logits, device=model.device).float()  # (B, Q, K+1)
+    masks = torch.as_tensor(pred_masks, device=model.device).float()  # (B, Q, H/4, W/4)
+    with torch.inference_mode():
+        return model.postprocess(
+            logits,
+            masks,
+            padded_size=tuple(input_size),
+            image_sizes=list(image_sizes),
+            output_sizes=list(output_sizes),
+        )
+
+
+def _example_input(model: nn.Module, height: int, width: int, batch_size: int) -> torch.Tensor:
+    divisor = max(int(model.size_divisibility), 1)
+    if height % divisor or width % divisor:
+        raise ValueError(
+            f"export size {height}x{width} must be a multiple of the model's size divisibility "
+            f"({divisor}); e.g. {-(-height // divisor) * divisor}x{-(-width // divisor) * divisor}"
+        )
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn((batch_size, 3, height, width), generator=generator)  # (B, 3, H, W)
+    return images.to(model.device)
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str,
+    *,
+    height: int,
+    width: int,
+    batch_size: int = 1,
+    opset_version: int = 18,
+) -> str:
+    """Write the network of ``model`` for (batch_size, 3, height, width) inputs as ONNX.
+
+    Inputs "images"; outputs "pred_logits", "pred_masks" (see :class:`MaskFormerNetwork`).
+    Returns ``path``.
+    """
+    network = MaskFormerNetwork(model=model).eval()
+    example = _example_input(model, height, width, batch_size)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with pytorch_deform_attn(), _quiet("onnxscript", "onnx_ir"), torch.no_grad():
+        program = torch.onnx.export(
+            network,
+            (example,),
+            dynamo=True,
+            input_names=INPUT_NAMES,
+            output_names=OUTPUT_NAMES,
+            opset_version=opset_version,
+            optimize=True,
+            verbose=False,
+        )
+    program.save(path)
+    logger.info("wrote ONNX model for %dx%d inputs to %s", height, width, path)
+    return path
+
+
+def load_onnx(path: str, threads: int = 0):
+    """An onnxruntime CPU session of an exported network; ``threads``: intra-op threads (0:
+    onnxruntime's default)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Run an exported network (a :func:`load_onnx` session, or the path of the ``.onnx``
+    file) on (B, 3, H, W) normalised images. Returns (pred_logits, pred_masks) numpy arrays."""
+    if isinstance(session, (str, os.PathLike)):
+        session = load_onnx(os.fspath(session))
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    logits, masks = session.run(OUTPUT_NAMES, {INPUT_NAMES[0]: images.astype(np.float32)})
+    return logits, masks
+
+
+def export_torch(
+    model: nn.Module, *, height: int, width: int, batch_size: int = 1
+) -> torch.export.ExportedProgram:
+    """``torch.export`` of the network of ``model`` for (batch_size, 3, height, width) inputs.
+
+    Save it with ``torch.export.save(program, "model.pt2")``; run it with
+    ``program.module()(images)`` -> (pred_logits, pred_masks).
+    """
+    network = MaskFormerNetwork(model=model).eval()
+    example = _example_input(model, height, width, batch_size)
+    with pytorch_deform_attn(), torch.no_grad():
+        return torch.export.export(network, (example,))

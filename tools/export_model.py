@@ -1,0 +1,125 @@
+#!/usr/bin/env python
+"""Export a Mask2Former network (backbone + pixel decoder + transformer decoder) to ONNX or
+``torch.export`` at one fixed input size, and check it against the eager model.
+
+    python tools/export_model.py \
+        --config-file configs/coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml \
+        --output model.onnx --height 800 --width 1216 --opts MODEL.WEIGHTS model_final.pth
+
+The exported graph takes "images" (B, 3, H, W), normalised with the config's PIXEL_MEAN /
+PIXEL_STD and zero-padded to H x W, and returns "pred_logits" (B, Q, K+1) and "pred_masks"
+(B, Q, H/4, W/4). Pre- and post-processing are ``mask2former.export.prepare_image`` and
+``mask2former.export.postprocess``. ``--format torch_export`` writes a ``.pt2`` file
+(``torch.export.load``). H and W must be multiples of 32 (default: INPUT.MIN_SIZE_TEST, square).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import torch
+from detectron2.modeling import build_model
+
+import mask2former  # noqa: F401  (registers the model components)
+from mask2former.engine.defaults import UnknownConfigKeyError, adjust_for_device, load_config
+from mask2former.export import MaskFormerNetwork, export_onnx, export_torch, run_onnx
+from mask2former.predictor import load_weights
+
+logger = logging.getLogger("mask2former.export_model")
+
+FORMATS = ("onnx", "torch_export")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="model config")
+    parser.add_argument("--output", required=True, help="file to write (.onnx or .pt2)")
+    parser.add_argument("--format", choices=FORMATS, default="onnx")
+    parser.add_argument("--height", type=int, default=0, help="input height (multiple of 32)")
+    parser.add_argument("--width", type=int, default=0, help="input width (multiple of 32)")
+    parser.add_argument("--batch-size", type=int, default=1, help="fixed batch size B")
+    parser.add_argument(
+        "--atol", type=float, default=1e-3, help="largest difference to eager accepted"
+    )
+    parser.add_argument(
+        "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ..."
+    )
+    return parser
+
+
+def _round_up(value: int, divisor: int) -> int:
+    return -(-value // divisor) * divisor
+
+
+def build_eval_model(cfg) -> torch.nn.Module:
+    """The config's model in eval mode, with ``MODEL.WEIGHTS`` loaded when set."""
+    model = build_model(cfg).eval()
+    if cfg.MODEL.WEIGHTS:
+        load_weights(
+            model, cfg.MODEL.WEIGHTS, allow_shape_mismatch=cfg.MODEL.WEIGHTS_ALLOW_SHAPE_MISMATCH
+        )
+    else:
+        logger.warning("MODEL.WEIGHTS is empty: exporting randomly initialised weights")
+    return model
+
+
+def export_and_check(args) -> dict:
+    """Export as ``args`` say and compare with eager on a random input.
+
+    Returns the largest absolute differences {"pred_logits": ..., "pred_masks": ...}.
+    """
+    cfg = load_config(args.config_file, args.opts)
+    for note in adjust_for_device(cfg):
+        logger.warning(note)
+    model = build_eval_model(cfg)
+    divisor = max(int(model.size_divisibility), 1)
+    height = args.height or _round_up(cfg.INPUT.MIN_SIZE_TEST, divisor)
+    width = args.width or _round_up(cfg.INPUT.MIN_SIZE_TEST, divisor)
+
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn((args.batch_size, 3, height, width), generator=generator)  # (B,3,H,W)
+    images = images.to(model.device)
+    with torch.no_grad():
+        expected = MaskFormerNetwork(model=model).eval()(images)
+    if args.format == "onnx":
+        export_onnx(model, args.output, height=height, width=width, batch_size=args.batch_size)
+        got = [torch.as_tensor(x) for x in run_onnx(args.output, images)]
+    else:
+        program = export_torch(model, height=height, width=width, batch_size=args.batch_size)
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        torch.export.save(program, args.output)
+        with torch.no_grad():
+            got = torch.export.load(args.output).module()(images)
+    diffs = {
+        name: float((g.to(e.device) - e).abs().max())
+        for name, g, e in zip(("pred_logits", "pred_masks"), got, expected)
+    }
+    logger.info(
+        "wrote %s (%s, input %dx%dx%dx%d); largest difference to eager: logits %.2e, masks %.2e",
+        args.output, args.format, args.batch_size, 3, height, width,
+        diffs["pred_logits"], diffs["pred_masks"],
+    )  # fmt: skip
+    return diffs
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
+    if not os.path.isfile(args.config_file):
+        raise SystemExit(f"config file not found: '{args.config_file}'")
+    try:
+        diffs = export_and_check(args)
+    except (UnknownConfigKeyError, FileNotFoundError, ValueError) as e:
+        raise SystemExit(str(e)) from None
+    worst = max(diffs.values())
+    if worst > args.atol:
+        logger.error("exported outputs differ from eager by %.2e > --atol %.1e", worst, args.atol)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
