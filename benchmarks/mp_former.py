@@ -20,7 +20,7 @@ logs a table.
 Examples::
 
     python benchmarks/mp_former.py --quick          # a few iterations on tiny images (minutes)
-    python benchmarks/mp_former.py                  # 3 seeds x 300 iterations (hours on a CPU)
+    python benchmarks/mp_former.py                  # 3 seeds x 400 iterations (40 min, 2 cores)
     python benchmarks/mp_former.py --seeds 0 1 2 3 4 --iters 600 SOLVER.IMS_PER_BATCH 4
 """
 
