@@ -21,19 +21,12 @@ from pycocotools.coco import COCO
 from mask2former.data.utils import rgb2id
 from mask2former.engine.defaults import load_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tiny_model import NO_THRESHOLDS, PANOPTIC_CONFIG, ROOT, TINY
+
 DEMO = os.path.join(ROOT, "demo", "demo.py")
-CONFIG = os.path.join(
-    ROOT, "configs", "synthetic", "panoptic-segmentation", "maskformer2_R18_synthetic.yaml"
-)
+CONFIG = PANOPTIC_CONFIG
 # Random weights, a smaller model and small test images keep the run short.
-TINY = [
-    "MODEL.WEIGHTS", "",
-    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1",
-    "MODEL.MASK_FORMER.DEC_LAYERS", "4",
-    "INPUT.MIN_SIZE_TEST", "128",
-    "INPUT.MAX_SIZE_TEST", "192",
-]  # fmt: skip
+OPTS = TINY + ["INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "192"]
 
 
 def _load_demo_module():
@@ -68,7 +61,7 @@ def test_demo_draws_images_and_skips_unreadable_ones(photos, tmp_path):
     out = tmp_path / "out"
     inputs = [str(photos / "astronaut.jpg"), str(photos / "broken.jpg"), str(photos / "c*.jpg")]
     cmd = [sys.executable, DEMO, "--config-file", CONFIG, "--input", *inputs]
-    cmd += ["--output", str(out), "--confidence-threshold", "0.3", "--opts", *TINY]
+    cmd += ["--output", str(out), "--confidence-threshold", "0.3", "--opts", *OPTS]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "broken.jpg" in result.stderr and "skipping" in result.stderr
@@ -80,10 +73,6 @@ def test_demo_draws_images_and_skips_unreadable_ones(photos, tmp_path):
 
 # In-process runs (``main(argv)``) of the demo, with thresholds at 0 so that the random-weight
 # model predicts segments everywhere and the drawing visibly changes the pictures.
-LOW_THRESHOLDS = [
-    "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", "0.0",
-    "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD", "0.0",
-]  # fmt: skip
 DATASET_THING_IDS = {1, 2, 3, 4}  # the synthetic dataset's category ids (contiguous 0-3)
 DATASET_STUFF_IDS = {11, 12, 13, 14}  # (contiguous 4-7)
 
@@ -97,7 +86,7 @@ def demo_module():
 
 
 def _run(demo_module, *args, opts=()):
-    argv = ["--config-file", CONFIG, *args, "--opts", *TINY, *LOW_THRESHOLDS, *opts]
+    argv = ["--config-file", CONFIG, *args, "--opts", *OPTS, *NO_THRESHOLDS, *opts]
     return demo_module.main([str(a) for a in argv])
 
 
@@ -220,7 +209,7 @@ def test_demo_clear_errors(demo_module, photos, tmp_path):
 
 def test_demo_reports_weights_that_do_not_fit(demo_module, photos, tmp_path):
     torch.manual_seed(0)
-    cfg = load_config(CONFIG, TINY)
+    cfg = load_config(CONFIG, OPTS)
     weights = tmp_path / "eight_classes.pth"
     torch.save({"model": build_model(cfg).state_dict()}, weights)
     opts = ["MODEL.WEIGHTS", str(weights), "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5"]

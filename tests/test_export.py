@@ -19,17 +19,11 @@ from mask2former.export import (
     run_onnx,
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(
-    ROOT, "configs", "synthetic", "panoptic-segmentation", "maskformer2_R18_synthetic.yaml"
-)
-TINY = [
-    "MODEL.WEIGHTS", "",
-    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1",
-    "MODEL.MASK_FORMER.DEC_LAYERS", "4",
-    "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", "0.0",
-    "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD", "0.0",
-]  # fmt: skip
+from tiny_model import NO_THRESHOLDS, PANOPTIC_CONFIG, ROOT, TINY
+
+CONFIG = PANOPTIC_CONFIG
+# Random weights, a smaller model; thresholds 0 so that panoptic segments exist.
+OPTS = TINY + NO_THRESHOLDS
 SIZE = 64
 # Exported and eager graphs differ only in float32 rounding and kernel choice (the exported
 # deformable attention is the pure-PyTorch path, eager may use the compiled op).
@@ -41,7 +35,7 @@ def model():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny model: one thread avoids OpenMP contention on 2 cores
     torch.manual_seed(0)
-    yield build_model(load_config(CONFIG, TINY)).eval()
+    yield build_model(load_config(CONFIG, OPTS)).eval()
     torch.set_num_threads(threads)
 
 
@@ -117,8 +111,8 @@ def test_export_cli(model, tmp_path):
     tool = _load_tool()
     output = tmp_path / "out" / "model.pt2"
     argv = ["--config-file", CONFIG, "--output", str(output), "--format", "torch_export"]
-    argv += ["--height", "64", "--width", "96", "--atol", "1e-4", "--opts", *TINY]
+    argv += ["--height", "64", "--width", "96", "--atol", "1e-4", "--opts", *OPTS]
     assert tool.main(argv) == 0
     assert output.is_file()
     with pytest.raises(SystemExit, match="nowhere.pth"):
-        tool.main(argv[:-len(TINY)] + [*TINY, "MODEL.WEIGHTS", str(tmp_path / "nowhere.pth")])
+        tool.main(argv[:-len(OPTS)] + [*OPTS, "MODEL.WEIGHTS", str(tmp_path / "nowhere.pth")])

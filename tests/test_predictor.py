@@ -1,6 +1,5 @@
 """mask2former.predictor.Predictor on a tiny randomly initialised synthetic-config model (CPU)."""
 
-import os
 
 import cv2
 import numpy as np
@@ -10,20 +9,11 @@ from torch.nn import functional as F
 
 from mask2former.predictor import Predictor
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(
-    ROOT, "configs", "synthetic", "panoptic-segmentation", "maskformer2_R18_synthetic.yaml"
-)
+from tiny_model import NO_THRESHOLDS, PANOPTIC_CONFIG, TINY
+
+CONFIG = PANOPTIC_CONFIG
 # Random weights, a smaller model, small images; thresholds 0 so that panoptic segments exist.
-TINY = [
-    "MODEL.WEIGHTS", "",
-    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1",
-    "MODEL.MASK_FORMER.DEC_LAYERS", "4",
-    "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", "0.0",
-    "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD", "0.0",
-    "INPUT.MIN_SIZE_TEST", "96",
-    "INPUT.MAX_SIZE_TEST", "160",
-]  # fmt: skip
+OPTS = TINY + NO_THRESHOLDS + ["INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "160"]
 # Resized (H, W): 96x128, 128x96, 96x128, 96x144, 96x125. The first, third and last pad to
 # 96x128 and share a forward pass; the others run alone.
 SIZES = [(96, 128), (120, 90), (48, 64), (100, 150), (96, 125)]
@@ -44,7 +34,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def predictor(one_thread):
     torch.manual_seed(0)
-    return Predictor.from_config_file(CONFIG, opts=TINY, batch_size=3)
+    return Predictor.from_config_file(CONFIG, opts=OPTS, batch_size=3)
 
 
 @pytest.fixture(scope="module")
@@ -182,13 +172,13 @@ def test_weights_are_loaded_and_checked(predictor, images, tmp_path):
     path = str(tmp_path / "model.pth")
     torch.save({"model": predictor.model.state_dict()}, path)
     torch.manual_seed(1)  # another random initialisation, overwritten by the weights
-    loaded = Predictor.from_config_file(CONFIG, weights=path, opts=TINY)
+    loaded = Predictor.from_config_file(CONFIG, weights=path, opts=OPTS)
     torch.testing.assert_close(
         loaded(images[0])["sem_seg"], predictor(images[0])["sem_seg"], atol=0, rtol=0
     )
     with pytest.raises(FileNotFoundError, match="nowhere.pth"):
-        Predictor.from_config_file(CONFIG, weights=str(tmp_path / "nowhere.pth"), opts=TINY)
-    other = TINY + ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5"]
+        Predictor.from_config_file(CONFIG, weights=str(tmp_path / "nowhere.pth"), opts=OPTS)
+    other = OPTS + ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5"]
     with pytest.raises(ValueError, match=r"(?s)model.pth.*class_embed"):
         Predictor.from_config_file(CONFIG, weights=path, opts=other)
 
