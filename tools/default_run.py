@@ -22,14 +22,13 @@ import time
 
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.engine import DefaultPredictor
 from detectron2.utils.events import EventStorage
 
 import mask2former  # noqa: F401  (registers the components and datasets)
 from mask2former.data.synthetic import generate_synthetic_dataset
 from mask2former.engine.defaults import setup
 from mask2former.engine.trainer import Trainer
-from mask2former.utils.checkpoint import SafeCheckpointer
+from mask2former.predictor import Predictor
 from mask2former.utils.visualization import save_prediction_grid
 
 logger = logging.getLogger("mask2former.default_run")
@@ -107,17 +106,11 @@ def main(argv=None) -> int:
     dataset = cfg.DATASETS.TEST[0]
     records = DatasetCatalog.get(dataset)[: args.num_vis]
     final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
-    predictor_cfg = cfg.clone()
-    predictor_cfg.defrost()
-    predictor_cfg.MODEL.WEIGHTS = ""  # loaded below with the safe checkpointer
-    predictor = DefaultPredictor(predictor_cfg)
-    SafeCheckpointer(predictor.model).load(final)
     report["pictures"] = save_prediction_grid(
-        predictor,
+        Predictor.from_config(cfg, weights=final),  # RGB images in
         records,
         MetadataCatalog.get(dataset),
         os.path.join(cfg.OUTPUT_DIR, "predictions_val.png"),
-        input_format=cfg.INPUT.FORMAT,
     )
     report["total_seconds_this_run"] = round(time.perf_counter() - started, 1)
     with open(report_path, "w") as f:

@@ -101,14 +101,14 @@ def save_prediction_grid(
     records: Sequence[dict],
     metadata: Metadata,
     output_path: str,
-    input_format: str = "RGB",
     confidence_threshold: float = 0.5,
 ) -> str:
     """Predict each record's image and save one grid: a row per image, ground truth first.
 
     Args:
-        predictor: image (H, W, 3) uint8 in ``input_format`` -> model output dict, e.g.
-            Detectron2's ``DefaultPredictor``.
+        predictor: (H, W, 3) uint8 **RGB** image -> model output dict, e.g. a
+            :class:`mask2former.predictor.Predictor` (whose default format is RGB). Detectron2's
+            ``DefaultPredictor`` takes BGR images: wrap it as ``lambda rgb: p(rgb[..., ::-1])``.
         records: Detectron2 dataset records (file_name plus labels).
         metadata: class names and colours of the dataset.
         output_path: the PNG to write.
@@ -117,9 +117,8 @@ def save_prediction_grid(
     """
     rows = []
     for record in records:
-        image = read_image(record["file_name"], format=input_format)
-        outputs = predictor(image)
         image_rgb = read_image(record["file_name"], format="RGB")
+        outputs = predictor(image_rgb)
         row = [
             ("image", image_rgb),
             ("ground truth", draw_ground_truth(image_rgb, record, metadata)),

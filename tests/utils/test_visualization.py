@@ -1,5 +1,6 @@
 """Drawing predictions and ground truth, and laying pictures out in a grid."""
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -7,7 +8,12 @@ from detectron2.data import Metadata
 from detectron2.structures import Boxes, Instances
 
 from mask2former.data.datasets.register_synthetic import get_synthetic_metadata
-from mask2former.utils.visualization import draw_ground_truth, draw_predictions, make_grid
+from mask2former.utils.visualization import (
+    draw_ground_truth,
+    draw_predictions,
+    make_grid,
+    save_prediction_grid,
+)
 
 H, W = 48, 64
 
@@ -59,3 +65,23 @@ def test_draw_ground_truth_and_grid(metadata, tmp_path):
     grid = make_grid([[("a", image), ("b", truth)], [("c", image)]], height=96)
     # Each panel is scaled to 96 rows plus a 20-row title; rows are separated by 4 blank rows.
     assert grid.shape == (2 * (96 + 20 + 4), 2 * 128, 3)
+
+
+def test_prediction_grid_gives_the_predictor_rgb_images(metadata, tmp_path):
+    # A red-left / blue-right image: the predictor must see it as it is, not channel-swapped.
+    rgb = np.zeros((H, W, 3), np.uint8)
+    rgb[:, : W // 2, 0] = 255
+    rgb[:, W // 2 :, 2] = 255
+    path = str(tmp_path / "image.png")
+    cv2.imwrite(path, rgb[..., ::-1])  # OpenCV writes BGR
+    seen = []
+
+    def predictor(image):
+        seen.append(image)
+        return _outputs()
+
+    record = {"file_name": path, "sem_seg": np.zeros((H, W), np.uint8)}
+    out = save_prediction_grid(predictor, [record], metadata, str(tmp_path / "grid.png"))
+    assert len(seen) == 1 and np.array_equal(seen[0], rgb)
+    # image, ground truth and the three tasks, side by side.
+    assert cv2.imread(out).shape[1] == 5 * round(W * 256 / H)
