@@ -6,8 +6,8 @@ feeds one random image of ``--height`` x ``--width`` per call (batch 1, the eval
 all post-processing the config switches on included), runs ``--warmup`` untimed calls, then
 ``--runs`` timed ones, and prints and writes the median, mean, min and max seconds per image to a
 JSON file (default ``benchmarks/results/inference_speed_<config>_<device>_<impl>.json``, where
-``impl`` is the deformable-attention path: ``compiled``, or ``pytorch`` with
-``M2F_MSDA_IMPL=pytorch``).
+``impl`` is the deformable-attention path of the built model: ``compiled``, or ``pytorch`` with
+``M2F_MSDA_IMPL=pytorch`` or ``MODEL.SEM_SEG_HEAD.DEFORMABLE_ATTENTION_IMPL pytorch``).
 
 Example (the figure quoted in the README)::
 
@@ -32,7 +32,7 @@ from detectron2.modeling import build_model
 
 import mask2former  # noqa: F401  (registers the model components)
 from mask2former.engine.defaults import adjust_for_device, load_config
-from mask2former.layers.ms_deform_attn_dispatch import active_impl
+from mask2former.layers import active_impl_of
 
 logger = logging.getLogger("mask2former.benchmarks.inference_speed")
 
@@ -121,8 +121,9 @@ def main(argv=None) -> dict:
             "all": times,
         },
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
-        # "compiled" (mask2former._C) or "pytorch" (M2F_MSDA_IMPL=pytorch, or no extension).
-        "deformable_attention": active_impl(device.type),
+        # What this model's deformable attention runs: "compiled" (mask2former._C), "pytorch"
+        # (M2F_MSDA_IMPL=pytorch or DEFORMABLE_ATTENTION_IMPL pytorch, or no extension), "none".
+        "deformable_attention": active_impl_of(model, device.type),
         "torch_threads": torch.get_num_threads(),
         # 1-minute load average before and after timing: other work competing for the CPU.
         "load_average": [load_before, load_after],

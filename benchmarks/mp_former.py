@@ -6,7 +6,9 @@ for a seed) and initial weights, three variants of the synthetic panoptic config
 PQ, AP and mIoU on ``synthetic_val_panoptic``:
 
 - ``mask2former``: configs/synthetic/panoptic-segmentation/maskformer2_R18_synthetic.yaml
-- ``mp_former``: its ``mp_former/`` variant (MODEL.MP_FORMER.ENABLED), same iterations
+- ``mp_former``: its ``mp_former/`` variant (MODEL.MP_FORMER.ENABLED), same iterations; the
+  ``*_learned_qpos.yaml`` one, which keeps Mask2Former's learned query positions, so that the
+  only difference from ``mask2former`` is the piloting (same initial weights)
 - ``mp_former_half``: the same with half the iterations (the schedule shrinks with them)
 
 Each run is a child process (so that its peak resident memory, ``ru_maxrss``, is its own); a
@@ -41,7 +43,9 @@ import time
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CONFIGS = os.path.join(_ROOT, "configs", "synthetic", "panoptic-segmentation")
 PLAIN_CONFIG = os.path.join(_CONFIGS, "maskformer2_R18_synthetic.yaml")
-MP_CONFIG = os.path.join(_CONFIGS, "mp_former", "maskformer2_R18_synthetic_mp.yaml")
+MP_CONFIG = os.path.join(
+    _CONFIGS, "mp_former", "maskformer2_R18_synthetic_mp_learned_qpos.yaml"
+)
 # name -> (config, fraction of the iterations)
 VARIANTS = {
     "mask2former": (PLAIN_CONFIG, 1.0),

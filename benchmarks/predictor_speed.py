@@ -2,8 +2,9 @@
 """Inference time per image of a Mask2Former network on the CPU: eager float32, eager under
 bfloat16 autocast, ``torch.compile`` and onnxruntime, with random weights.
 
-Each backend runs the same network (:class:`mask2former.export.MaskFormerNetwork`: backbone,
-pixel decoder, transformer decoder) on one normalised random image of ``--height`` x
+Each backend runs the same network
+(:class:`mask2former.modeling.inference.InferenceNetwork`: backbone, pixel decoder, transformer
+decoder) on one normalised random image of ``--height`` x
 ``--width`` (batch 1): ``--warmup`` untimed calls, then ``--runs`` timed ones; the median is
 reported. The post-processing (semantic + panoptic + instance inference, the same for every
 backend) is timed once more on its own, so that end-to-end = network + post-processing.
@@ -34,8 +35,9 @@ from detectron2.modeling import build_model
 
 import mask2former  # noqa: F401  (registers the model components)
 from mask2former.engine.defaults import load_config
-from mask2former.export import MaskFormerNetwork, export_onnx, load_onnx, run_onnx
-from mask2former.layers.ms_deform_attn_dispatch import active_impl
+from mask2former.export import export_onnx, load_onnx, run_onnx
+from mask2former.layers import active_impl_of
+from mask2former.modeling.inference import InferenceNetwork
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from inference_speed import _cpu_name  # noqa: E402
@@ -70,13 +72,13 @@ def _timed_once(fn: Callable[[], object]) -> float:
 
 def benchmark(model, images: torch.Tensor, backends, warmup: int, runs: int, threads: int):
     """{backend: timing dict} for the network, plus "postprocess"."""
-    network = MaskFormerNetwork(model=model).eval()
+    network = InferenceNetwork(model).eval()
     size = tuple(images.shape[-2:])
     results = {}
     with torch.inference_mode():
         logits, masks = network(images)
         results["postprocess"] = median_seconds(
-            lambda: model.postprocess(
+            lambda: model.postprocessor(
                 logits, masks, padded_size=size, image_sizes=[size], output_sizes=[size]
             ),
             warmup,
@@ -155,9 +157,10 @@ def main(argv=None) -> dict:
         "timings": timings,
         "device": _cpu_name(),
         "torch_threads": threads,
-        # Eager/compile deformable attention: "compiled" (mask2former._C) or "pytorch".
+        # Eager/compile deformable attention of the built model: "compiled" (mask2former._C),
+        # "pytorch" (M2F_MSDA_IMPL=pytorch, DEFORMABLE_ATTENTION_IMPL pytorch) or "none".
         # onnxruntime always runs the pure-PyTorch formulation, exported.
-        "deformable_attention": active_impl("cpu"),
+        "deformable_attention": active_impl_of(model, "cpu"),
         # 1-minute load average before and after timing: other work competing for the CPU.
         "load_average": [load_before, load_after],
         "torch": torch.__version__,

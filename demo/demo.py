@@ -28,8 +28,8 @@ import time
 import cv2
 import tqdm
 
+from mask2former.config import UnknownConfigKeyError, load_config
 from mask2former.data.utils import read_image_checked
-from mask2former.engine.defaults import UnknownConfigKeyError, load_config
 from mask2former.utils.predictions import PredictionWriter
 from mask2former.utils.visualization import save_rgb
 

@@ -1,12 +1,13 @@
 """Mask2Former and its successors as Detectron2 components.
 
 Importing the package registers every component (backbones, pixel decoders, transformer
-decoders, heads, meta-architectures) and the built-in datasets.
+decoders, heads, meta-architectures of every model family) and the built-in datasets.
+See the README's "Architecture" section for the map of the package.
 """
 
 from . import (
     data,  # noqa: F401  (registers datasets and mappers)
-    modeling,  # noqa: F401  (registers model components)
+    modeling,  # noqa: F401  (registers the shared backbones)
+    models,  # noqa: F401  (registers every model family's components)
 )
 from .config import add_maskformer2_config  # noqa: F401
-from .maskformer_model import MaskFormer  # noqa: F401  (registers the meta-architecture)

@@ -1,12 +1,25 @@
-"""Config keys of Mask2Former, added to a Detectron2 config.
+"""Config keys of the package's models, added to a Detectron2 config, and config loading.
 
 Key names and code defaults follow the official project, so official YAML files load
 unchanged. Note that the code defaults are MaskFormer-v1 values; the released YAML files set
 the Mask2Former values (see ``configs/``).
 """
 
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+import yaml
+from detectron2.config import CfgNode, get_cfg
 from detectron2.config import CfgNode as CN
 from detectron2.projects.deeplab import add_deeplab_config
+
+from .layers.ms_deform_attn_dispatch import default_impl
+from .models.mp_former.config import add_mp_former_config
+
+__all__ = ["UnknownConfigKeyError", "add_maskformer2_config", "adjust_for_device", "load_config"]
 
 
 def add_maskformer2_config(cfg: CN) -> None:
@@ -58,6 +71,9 @@ def add_maskformer2_config(cfg: CN) -> None:
     # Query and feature width; number of object queries.
     cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 256
     cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 100
+    # Query positional embedding: "learned" (query_embed, as the official model) or "none"
+    # (no query positions, as the released MP-Former code trains).
+    cfg.MODEL.MASK_FORMER.QUERY_POS = "learned"
     # Feature the decoder reads: a backbone level or "multi_scale_pixel_decoder".
     cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE = "res5"
     # Always add a 1x1 projection before the decoder, even when widths already match.
@@ -96,8 +112,9 @@ def add_maskformer2_config(cfg: CN) -> None:
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
-    # Deformable attention implementation: "auto" (compiled op when built) or "pytorch".
-    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_ATTENTION_IMPL = "auto"
+    # Deformable attention implementation of this model's MSDeformAttn modules: "auto" (compiled
+    # op when built and the inputs fit) or "pytorch". Default: "pytorch" if M2F_MSDA_IMPL=pytorch.
+    cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_ATTENTION_IMPL = default_impl()
 
     # ---------------------------------------------------------------- swin backbone
     cfg.MODEL.SWIN = CN()
@@ -130,25 +147,95 @@ def add_maskformer2_config(cfg: CN) -> None:
     add_mp_former_config(cfg)
 
 
-def add_mp_former_config(cfg: CN) -> None:
-    """Add MP-Former's mask-piloted training keys (``MODEL.MP_FORMER``); all off by default.
+_BASE_KEY = "_BASE_"
 
-    Reference keys (IDEA-Research/MP-Former): see mask2former/modeling/mp_former.py.
+
+class UnknownConfigKeyError(KeyError):
+    """A config file or command-line override names a key that the config does not have."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _yaml_has_key(node: dict, key: str) -> bool:
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _file_with_key(config_file: str, key: str) -> str | None:
+    """The file among ``config_file`` and its ``_BASE_`` ancestors that sets ``key``."""
+    try:
+        with open(config_file) as f:
+            data = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    if _yaml_has_key(data, key):
+        return config_file
+    bases = data.get(_BASE_KEY) or []
+    for base in [bases] if isinstance(bases, str) else bases:
+        if not base.startswith(("/", "~")) and "://" not in base:
+            base = os.path.join(os.path.dirname(config_file), base)
+        found = _file_with_key(os.path.expanduser(base), key)
+        if found:
+            return found
+    return None
+
+
+def _has_key(cfg: CfgNode, key: str) -> bool:
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, CfgNode) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def load_config(config_file: str = "", opts: Sequence[str] = ()) -> CfgNode:
+    """Detectron2 defaults + DeepLab + Mask2Former keys, then ``config_file``, then ``opts``.
+
+    Raises:
+        UnknownConfigKeyError: naming the unknown key and the file (or override) setting it.
     """
-    cfg.MODEL.MP_FORMER = CN()
-    # Train with mask-piloted (MP) queries; inference is unchanged (ref: decoder ...MaskDN).
-    cfg.MODEL.MP_FORMER.ENABLED = False
-    # Groups G of MP queries (ref DN.NUM_DN); >= 100 is a total budget: G = NUM_GROUPS // max #GT.
-    cfg.MODEL.MP_FORMER.NUM_GROUPS = 1
-    # Point noise: every level cell of a GT mask flips w.p. ratio * mask area (ref NOISE_SCALE).
-    cfg.MODEL.MP_FORMER.MASK_NOISE_RATIO = 0.0
-    # Draw the point noise independently per attention head (ref HEAD_DN).
-    cfg.MODEL.MP_FORMER.PER_HEAD_NOISE = False
-    # Prob. of replacing an MP query's class by a uniform random one; <= 0: off (LB_NOISE_RATIO).
-    cfg.MODEL.MP_FORMER.LABEL_NOISE_RATIO = 0.2
-    # Pilot every layer with GT masks; False: only layers 0-3 (ref ALL_LY_DN).
-    cfg.MODEL.MP_FORMER.PILOT_ALL_LAYERS = True
-    # Classification loss on MP queries (ref: not DN_NO_LB).
-    cfg.MODEL.MP_FORMER.CLASS_LOSS = True
-    # Query positional embedding: "learned" (query_embed; MP queries get 0) or "none" (fork).
-    cfg.MODEL.MP_FORMER.QUERY_POS = "learned"
+    cfg = get_cfg()
+    add_deeplab_config(cfg)
+    add_maskformer2_config(cfg)
+    if config_file:
+        try:
+            cfg.merge_from_file(config_file)
+        except KeyError as e:
+            message = str(e.args[0]) if e.args else ""
+            if not message.startswith("Non-existent config key"):
+                raise
+            key = message.split(":", 1)[1].strip()
+            source = _file_with_key(config_file, key) or config_file
+            raise UnknownConfigKeyError(
+                f"Unknown config key '{key}' set in {source}"
+                + (f" (a _BASE_ of {config_file})" if source != config_file else "")
+                + ". Check its spelling, or whether it belongs to another project."
+            ) from None
+    opts = list(opts or [])
+    if len(opts) % 2:
+        raise ValueError(f"Config overrides must be KEY VALUE pairs; got an odd list: {opts}")
+    for key, value in zip(opts[0::2], opts[1::2]):
+        if not _has_key(cfg, key):
+            raise UnknownConfigKeyError(
+                f"Unknown config key '{key}' in the command-line override '{key} {value}'."
+            )
+    cfg.merge_from_list(opts)
+    return cfg
+
+
+def adjust_for_device(cfg: CfgNode) -> list[str]:
+    """Run on the CPU when CUDA is absent; AMP only on CUDA. Returns messages to log."""
+    notes = []
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        notes.append(f"CUDA is not available: MODEL.DEVICE {cfg.MODEL.DEVICE} -> cpu.")
+        cfg.MODEL.DEVICE = "cpu"
+    if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
+        notes.append(f"AMP is off: SOLVER.AMP.ENABLED is only used on CUDA "
+                     f"(MODEL.DEVICE {cfg.MODEL.DEVICE}).")
+        cfg.SOLVER.AMP.ENABLED = False
+    return notes

@@ -1,9 +1,12 @@
-"""Export of a Mask2Former model's network (backbone -> pixel decoder -> transformer decoder).
+"""Export of a model's network (for Mask2Former: backbone -> pixel decoder -> transformer
+decoder).
 
-:class:`MaskFormerNetwork` returns the raw tensors of the last prediction point for a batch of
-normalised, padded images; pre-processing (:func:`prepare_image`) and post-processing
-(:func:`postprocess`, the model's own semantic / panoptic / instance inference) stay outside
-the exported graph, as in segment-anything's ONNX wrapper. Two formats:
+The exported graph is the network of the inference contract
+(:class:`~mask2former.modeling.inference.InferenceNetwork`): normalised, padded images in,
+``pred_logits`` and ``pred_masks`` out. Pre-processing (:func:`prepare_image`) and
+post-processing (:func:`postprocess`, the model's ``postprocessor``) stay outside the graph, as
+in segment-anything's ONNX wrapper. Any model family that meets the contract exports. Two
+formats:
 
 - ONNX (:func:`export_onnx`), run with onnxruntime (:func:`run_onnx`);
 - ``torch.export`` (:func:`export_torch`), an ``ExportedProgram`` saved as ``.pt2``.
@@ -24,16 +27,15 @@ import torch
 from detectron2.data import transforms as T
 from torch import nn
 
-from .layers.ms_deform_attn_dispatch import ENV_VAR as MSDA_ENV_VAR
+from .layers import ms_deform_attn_impl
+from .modeling.inference import InferenceNetwork, normalize_and_pad, round_up_to_divisor
 
 __all__ = [
-    "MaskFormerNetwork",
     "export_onnx",
     "export_torch",
     "load_onnx",
     "postprocess",
     "prepare_image",
-    "pytorch_deform_attn",
     "run_onnx",
 ]
 
@@ -41,47 +43,6 @@ logger = logging.getLogger(__name__)
 
 INPUT_NAMES = ["images"]
 OUTPUT_NAMES = ["pred_logits", "pred_masks"]
-
-
-class MaskFormerNetwork(nn.Module):
-    """The network part of a :class:`~mask2former.maskformer_model.MaskFormer`, tensors in and
-    out: no normalisation, padding or post-processing.
-
-    Args:
-        model: a MaskFormer (its backbone and head are shared, not copied); put it in eval mode.
-    """
-
-    def __init__(self, *, model: nn.Module):
-        super().__init__()
-        self.backbone = model.backbone
-        self.sem_seg_head = model.sem_seg_head
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """
-        Args:
-            images: (B, 3, H, W) normalised ((x - PIXEL_MEAN) / PIXEL_STD), H and W multiples
-                of the model's size divisibility (32 for the built-in backbones).
-
-        Returns:
-            pred_logits (B, Q, K+1) class logits (last: "no object") and pred_masks
-            (B, Q, H/4, W/4) mask logits, of the last prediction point.
-        """
-        outputs = self.sem_seg_head(self.backbone(images))
-        return outputs["pred_logits"], outputs["pred_masks"]
-
-
-@contextlib.contextmanager
-def pytorch_deform_attn() -> Iterator[None]:
-    """Forces the pure-PyTorch deformable attention (``M2F_MSDA_IMPL=pytorch``) inside."""
-    previous = os.environ.get(MSDA_ENV_VAR)
-    os.environ[MSDA_ENV_VAR] = "pytorch"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(MSDA_ENV_VAR, None)
-        else:
-            os.environ[MSDA_ENV_VAR] = previous
 
 
 @contextlib.contextmanager
@@ -116,10 +77,10 @@ def prepare_image(
     h, w = min(height, round(h0 * scale)), min(width, round(w0 * scale))
     resized = T.ResizeTransform(h0, w0, h, w).apply_image(image)  # (h, w, 3) uint8
     tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)), dtype=torch.float32)
-    tensor = (tensor.to(model.device) - model.pixel_mean) / model.pixel_std  # (3, h, w)
-    padded = tensor.new_zeros((1, 3, height, width))  # (1, 3, height, width)
-    padded[0, :, :h, :w] = tensor
-    return padded, (h, w)
+    images = normalize_and_pad(
+        [tensor], model.pixel_mean, model.pixel_std, pad_to=(height, width)
+    )  # (1, 3, height, width)
+    return images.tensor, (h, w)
 
 
 def postprocess(
@@ -131,20 +92,20 @@ def postprocess(
     image_sizes: Sequence[tuple[int, int]],
     output_sizes: Sequence[tuple[int, int]],
 ) -> list[dict]:
-    """Raw outputs of :class:`MaskFormerNetwork` (eager, ONNX or exported) -> per image the
-    model's results ("sem_seg", "panoptic_seg", "instances", as its TEST flags switch on).
+    """Raw network outputs (eager, ONNX or exported) -> per image the model's results
+    ("sem_seg", "panoptic_seg", "instances", as its ``postprocessor`` switches on).
 
     Args:
-        model: the MaskFormer the network was taken from (thresholds, tasks, thing classes).
+        model: the model the network was taken from (its ``postprocessor``).
         pred_logits: (B, Q, K+1); pred_masks: (B, Q, H/4, W/4); tensors or numpy arrays.
         input_size: (H, W) of the network input.
         image_sizes: per image, the (h, w) of its valid part of the input.
         output_sizes: per image, the (height, width) of the results.
     """
-    logits = torch.as_tensor(pred_logits, device=model.device).float()  # (B, Q, K+1)
-    masks = torch.as_tensor(pred_masks, device=model.device).float()  # (B, Q, H/4, W/4)
+    logits = torch.as_tensor(pred_logits, device=model.pixel_mean.device).float()  # (B, Q, K+1)
+    masks = torch.as_tensor(pred_masks, device=model.pixel_mean.device).float()  # (B, Q, H/4, W/4)
     with torch.inference_mode():
-        return model.postprocess(
+        return model.postprocessor(
             logits,
             masks,
             padded_size=tuple(input_size),
@@ -154,15 +115,15 @@ def postprocess(
 
 
 def _example_input(model: nn.Module, height: int, width: int, batch_size: int) -> torch.Tensor:
-    divisor = max(int(model.size_divisibility), 1)
-    if height % divisor or width % divisor:
+    fit = round_up_to_divisor((height, width), model.size_divisibility)
+    if fit != (height, width):
         raise ValueError(
             f"export size {height}x{width} must be a multiple of the model's size divisibility "
-            f"({divisor}); e.g. {-(-height // divisor) * divisor}x{-(-width // divisor) * divisor}"
+            f"({model.size_divisibility}); e.g. {fit[0]}x{fit[1]}"
         )
     generator = torch.Generator().manual_seed(0)
     images = torch.randn((batch_size, 3, height, width), generator=generator)  # (B, 3, H, W)
-    return images.to(model.device)
+    return images.to(model.pixel_mean.device)
 
 
 def export_onnx(
@@ -176,13 +137,13 @@ def export_onnx(
 ) -> str:
     """Write the network of ``model`` for (batch_size, 3, height, width) inputs as ONNX.
 
-    Inputs "images"; outputs "pred_logits", "pred_masks" (see :class:`MaskFormerNetwork`).
+    Inputs "images"; outputs "pred_logits", "pred_masks" (see :class:`InferenceNetwork`).
     Returns ``path``.
     """
-    network = MaskFormerNetwork(model=model).eval()
+    network = InferenceNetwork(model).eval()
     example = _example_input(model, height, width, batch_size)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with pytorch_deform_attn(), _quiet("onnxscript", "onnx_ir"), torch.no_grad():
+    with ms_deform_attn_impl(model, "pytorch"), _quiet("onnxscript", "onnx_ir"), torch.no_grad():
         program = torch.onnx.export(
             network,
             (example,),
@@ -227,7 +188,7 @@ def export_torch(
     Save it with ``torch.export.save(program, "model.pt2")``; run it with
     ``program.module()(images)`` -> (pred_logits, pred_masks).
     """
-    network = MaskFormerNetwork(model=model).eval()
+    network = InferenceNetwork(model).eval()
     example = _example_input(model, height, width, batch_size)
-    with pytorch_deform_attn(), torch.no_grad():
+    with ms_deform_attn_impl(model, "pytorch"), torch.no_grad():
         return torch.export.export(network, (example,))

@@ -10,8 +10,10 @@
 
 The predictor is apart from the model (as segment-anything's): it reads and resizes the images
 as Detectron2's ``DefaultPredictor`` does (``ResizeShortestEdge`` to ``INPUT.MIN_SIZE_TEST`` /
-``INPUT.MAX_SIZE_TEST``), runs the network in batches, optionally under ``torch.autocast`` or
-``torch.compile``, and post-processes in float32 with the model's own inference.
+``INPUT.MAX_SIZE_TEST``), then runs the package's one inference path
+(:mod:`mask2former.modeling.inference`): ``normalize_and_pad``, the model's network in batches
+(optionally under ``torch.autocast`` or ``torch.compile``) and its ``postprocessor`` in float32.
+Any model family that meets that inference contract works here.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from torch import nn
 
+from .config import adjust_for_device, load_config
 from .data.utils import read_image_checked
-from .engine.defaults import adjust_for_device, load_config
-from .export import MaskFormerNetwork
+from .modeling.inference import InferenceNetwork, normalize_and_pad, round_up_to_divisor
 from .utils.checkpoint import SafeCheckpointer
 
 __all__ = ["Predictor", "load_weights"]
@@ -82,7 +84,8 @@ class Predictor:
     chunks of ``batch_size``. Frames of a video, or photographs of one camera, batch fully.
 
     Args:
-        model: a MaskFormer (put in eval mode here).
+        model: a model that meets the inference contract
+            (:class:`~mask2former.modeling.inference.InferenceModel`); put in eval mode here.
         resize: the test-time resize (``ResizeShortestEdge``), or None to keep the input size.
         input_format: channel order the model expects ("RGB" or "BGR", ``INPUT.FORMAT``).
         batch_size: images per forward pass.
@@ -112,7 +115,7 @@ class Predictor:
         self.input_format = input_format
         self.batch_size = batch_size
         self.dtype = _as_dtype(dtype)
-        self.network = MaskFormerNetwork(model=self.model).eval()
+        self.network = InferenceNetwork(self.model).eval()
         self._forward = torch.compile(self.network) if compile else self.network
 
     @classmethod
@@ -159,7 +162,7 @@ class Predictor:
 
     @property
     def device(self) -> torch.device:
-        return self.model.device
+        return self.model.pixel_mean.device
 
     def _load(self, image: ImageInput, format: str) -> np.ndarray:
         """One input -> (H, W, 3) uint8 in the model's input format."""
@@ -184,9 +187,7 @@ class Predictor:
         return {"image": tensor, "height": height, "width": width}
 
     def _padded_size(self, inputs: dict) -> tuple[int, int]:
-        divisor = max(int(self.model.size_divisibility), 1)
-        h, w = inputs["image"].shape[-2:]
-        return (-(-h // divisor) * divisor, -(-w // divisor) * divisor)
+        return round_up_to_divisor(inputs["image"].shape[-2:], self.model.size_divisibility)
 
     def _autocast(self):
         if self.dtype is None or self.dtype == torch.float32:
@@ -194,10 +195,15 @@ class Predictor:
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
     def _run_batch(self, inputs: list[dict]) -> list[dict]:
-        images = self.model.preprocess_image(inputs)  # (B, 3, H_pad, W_pad)
+        images = normalize_and_pad(
+            [x["image"] for x in inputs],
+            self.model.pixel_mean,
+            self.model.pixel_std,
+            size_divisibility=self.model.size_divisibility,
+        )  # (B, 3, H_pad, W_pad)
         with self._autocast():
             pred_logits, pred_masks = self._forward(images.tensor)
-        return self.model.postprocess(
+        return self.model.postprocessor(
             pred_logits.float(),  # (B, Q, K+1)
             pred_masks.float(),  # (B, Q, H_pad/4, W_pad/4)
             padded_size=tuple(images.tensor.shape[-2:]),

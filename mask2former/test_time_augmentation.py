@@ -22,19 +22,20 @@ import torch
 from detectron2.data.detection_utils import read_image
 from detectron2.data.transforms import HFlipTransform
 from detectron2.modeling import DatasetMapperTTA
-from detectron2.modeling.postprocessing import sem_seg_postprocess
-from detectron2.structures import ImageList
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from .modeling.postprocessing import instance_inference, panoptic_inference, semantic_inference
+from .modeling.inference import normalize_and_pad
+from .modeling.postprocessing import semantic_inference
 
 __all__ = ["MaskFormerWithTTA"]
 
 
 class MaskFormerWithTTA(nn.Module):
-    """Wraps a :class:`~mask2former.maskformer_model.MaskFormer` in eval mode for TTA."""
+    """Wraps a model that meets the inference contract
+    (:class:`~mask2former.modeling.inference.InferenceModel`, e.g.
+    :class:`~mask2former.models.mask2former.MaskFormer`) in eval mode for TTA."""
 
     def __init__(self, cfg, model: nn.Module, tta_mapper=None):
         super().__init__()
@@ -63,12 +64,18 @@ class MaskFormerWithTTA(nn.Module):
     def _inference_one_image(self, inputs: dict) -> dict:
         augmented = self.tta_mapper(inputs)
         flips = [any(isinstance(t, HFlipTransform) for t in x.pop("transforms")) for x in augmented]
-        model = self.model
-        if not (model.panoptic_on or model.instance_on):
-            sem_seg = sum(
-                _unflip(model([x])[0]["sem_seg"], flip) for x, flip in zip(augmented, flips)
-            )  # (K, H, W)
-            return {"sem_seg": sem_seg / len(augmented)}
+        postprocessor = self.model.postprocessor
+        n = len(augmented)
+        if not postprocessor.sem_seg_postprocess_before_inference:  # semantic only
+            sem_seg = 0.0
+            for x, flip in zip(augmented, flips):
+                logits, masks, images = self._network(x)
+                result = postprocessor(
+                    logits, masks, padded_size=tuple(images.tensor.shape[-2:]),
+                    image_sizes=images.image_sizes, output_sizes=[(x["height"], x["width"])],
+                )[0]
+                sem_seg = sem_seg + _unflip(result["sem_seg"], flip)  # (K, H, W)
+            return {"sem_seg": sem_seg / n}
 
         cls_prob, mask_pred, sem_seg = 0.0, 0.0, 0.0
         for x, flip in zip(augmented, flips):
@@ -76,46 +83,37 @@ class MaskFormerWithTTA(nn.Module):
             mask_pred_i = _unflip(mask_pred_i, flip)
             cls_prob = cls_prob + F.softmax(mask_cls_i, dim=-1)
             mask_pred = mask_pred + mask_pred_i
-            if model.semantic_on:
+            if "semantic" in postprocessor.tasks:
                 sem_seg = sem_seg + semantic_inference(mask_cls_i, mask_pred_i)
-        n = len(augmented)
         # log of the mean probability: the post-processing's softmax gives the mean back.
         mask_cls = torch.log(cls_prob / n)  # (Q, K+1)
         mask_pred = mask_pred / n  # (Q, H, W)
-
-        num_classes = model.sem_seg_head.num_classes
-        result = {}
-        if model.semantic_on:
+        result = postprocessor.process_image(mask_cls, mask_pred, tasks=("panoptic", "instance"))
+        if "semantic" in postprocessor.tasks:
             result["sem_seg"] = sem_seg / n
-        if model.panoptic_on:
-            result["panoptic_seg"] = panoptic_inference(
-                mask_cls, mask_pred, num_classes=num_classes,
-                object_mask_threshold=model.object_mask_threshold,
-                overlap_threshold=model.overlap_threshold, thing_ids=model.thing_ids,
-            )
-        if model.instance_on:
-            result["instances"] = instance_inference(
-                mask_cls, mask_pred, num_classes=num_classes,
-                test_topk_per_image=model.test_topk_per_image,
-                thing_ids=model.thing_ids if model.panoptic_on else None,
-                image_size=tuple(mask_pred.shape[-2:]),
-            )
         return result
 
-    def _raw_prediction(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Last-layer class logits (Q, K+1) and mask logits (Q, height, width) of one image."""
+    def _network(self, inputs: dict):
+        """The network outputs of one augmented image: pred_logits (1, Q, K+1), pred_masks
+        (1, Q, h, w) and the padded batch (ImageList)."""
         model = self.model
-        image = (inputs["image"].to(model.device) - model.pixel_mean) / model.pixel_std
-        images = ImageList.from_tensors([image], model.size_divisibility)  # (1, C, H, W)
-        outputs = model.sem_seg_head(model.backbone(images.tensor))
-        mask_pred = F.interpolate(
-            outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear",
-            align_corners=False,
-        )[0]  # (Q, H_pad, W_pad)
-        mask_pred = sem_seg_postprocess(
-            mask_pred, images.image_sizes[0], inputs["height"], inputs["width"]
+        images = normalize_and_pad(
+            [inputs["image"]], model.pixel_mean, model.pixel_std,
+            size_divisibility=model.size_divisibility,
+        )  # (1, 3, H_pad, W_pad)
+        pred_logits, pred_masks = model.forward_network(images.tensor)
+        return pred_logits, pred_masks, images
+
+    def _raw_prediction(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class logits (Q, K+1) and mask logits (Q, height, width) of one augmented image."""
+        pred_logits, pred_masks, images = self._network(inputs)
+        mask_pred = self.model.postprocessor.resize_masks(
+            pred_masks[0],
+            tuple(images.tensor.shape[-2:]),
+            images.image_sizes[0],
+            (inputs["height"], inputs["width"]),
         )  # (Q, height, width)
-        return outputs["pred_logits"][0].to(mask_pred), mask_pred
+        return pred_logits[0].to(mask_pred), mask_pred
 
 
 def _unflip(x: torch.Tensor, flip: bool) -> torch.Tensor:

@@ -4,7 +4,7 @@ Building and running the full-size models would take minutes on the CPU, so the 
 forward tests shrink widths, depths and query counts (``shrink``) while keeping each config's
 architecture family: backbone type and depth (ResNet-50/101, Swin window and heads), norm
 layers (FrozenBN, SyncBN, GN), class count, pixel decoder, decoder, and inference switches.
-Full-size construction is covered by tests/modeling/test_state_dict_names.py.
+Full-size construction is covered by tests/models/mask2former/test_state_dict_names.py.
 
 SyncBN is kept as configured: with no process group, ``torch.nn.SyncBatchNorm`` falls back to
 plain batch norm, so single-process CPU runs work unchanged.

@@ -11,13 +11,13 @@ from detectron2.modeling import build_model
 
 from mask2former.engine.defaults import load_config
 from mask2former.export import (
-    MaskFormerNetwork,
     export_onnx,
     export_torch,
     postprocess,
     prepare_image,
     run_onnx,
 )
+from mask2former.modeling.inference import InferenceNetwork
 
 from tiny_model import NO_THRESHOLDS, PANOPTIC_CONFIG, ROOT, TINY
 
@@ -44,7 +44,7 @@ def example(model):
     image = np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8)
     images, image_size = prepare_image(model, image, SIZE, SIZE)
     with torch.no_grad():
-        expected = MaskFormerNetwork(model=model)(images)
+        expected = InferenceNetwork(model)(images)
     return images, image_size, expected
 
 

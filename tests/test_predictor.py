@@ -59,7 +59,7 @@ def _decided_pixels(predictor: Predictor, image: np.ndarray) -> torch.Tensor:
     h, w = images.image_sizes[0]
     masks = F.interpolate(masks[:, :, :h, :w], size=image.shape[:2], mode="bilinear")[0]
     scores, labels = logits[0].softmax(-1).max(-1)  # (Q,), (Q,)
-    keep = labels.ne(logits.shape[-1] - 1) & (scores > model.object_mask_threshold)
+    keep = labels.ne(logits.shape[-1] - 1) & (scores > model.postprocessor.object_mask_threshold)
     prob = scores[keep].view(-1, 1, 1) * masks[keep].sigmoid()  # (Q', H, W)
     top2 = prob.topk(2, dim=0).values  # (2, H, W)
     return (top2[0] - top2[1]) > BORDERLINE

@@ -25,7 +25,8 @@ from detectron2.modeling import build_model
 
 import mask2former  # noqa: F401  (registers the model components)
 from mask2former.engine.defaults import UnknownConfigKeyError, adjust_for_device, load_config
-from mask2former.export import MaskFormerNetwork, export_onnx, export_torch, run_onnx
+from mask2former.export import export_onnx, export_torch, run_onnx
+from mask2former.modeling.inference import InferenceNetwork
 from mask2former.predictor import load_weights
 
 logger = logging.getLogger("mask2former.export_model")
@@ -83,7 +84,7 @@ def export_and_check(args) -> dict:
     images = torch.randn((args.batch_size, 3, height, width), generator=generator)  # (B,3,H,W)
     images = images.to(model.device)
     with torch.no_grad():
-        expected = MaskFormerNetwork(model=model).eval()(images)
+        expected = InferenceNetwork(model).eval()(images)
     if args.format == "onnx":
         export_onnx(model, args.output, height=height, width=width, batch_size=args.batch_size)
         got = [torch.as_tensor(x) for x in run_onnx(args.output, images)]

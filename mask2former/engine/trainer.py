@@ -1,140 +1,121 @@
 """Detectron2 trainer of Mask2Former: data, evaluators, optimizer, schedule, checkpoints, TTA.
 
-Differs from :class:`DefaultTrainer` where the official ``train_net.py`` does (mapper by
-``INPUT.DATASET_MAPPER_NAME``, evaluators by the dataset's ``evaluator_type``, AdamW with
-parameter groups, poly schedule) and in three more points:
+:class:`Trainer` is Detectron2's :class:`DefaultTrainer`, built by Detectron2's own constructor
+and customised through its overridable builders, as the official ``train_net.py`` (mapper by
+``INPUT.DATASET_MAPPER_NAME``, evaluators by the dataset's ``evaluator_type`` through
+:func:`mask2former.evaluation.build_evaluator`, AdamW with parameter groups, poly schedule), and
+in three more points:
 
-- it runs on the CPU, in one or several processes (DDP without ``device_ids`` there);
-- AMP is used only on CUDA (:func:`mask2former.engine.defaults.setup` turns it off elsewhere);
 - checkpoints are read with :class:`~mask2former.utils.checkpoint.SafeCheckpointer` (no code
-  runs from a weight file; tensors that do not fit raise an error).
+  runs from a weight file; tensors that do not fit raise an error); it replaces Detectron2's
+  checkpointer after the constructor, in the periodic-checkpoint hook too;
+- it runs on the CPU in one or several processes (DDP without ``device_ids`` there, see
+  :func:`_init_with_cpu_ddp`);
+- AMP is used only on CUDA (:func:`mask2former.engine.defaults.setup` turns it off elsewhere;
+  the trainer does too, with a warning, for configs that did not go through ``setup``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import types
 import weakref
 from collections import OrderedDict
 
-from detectron2.data import MetadataCatalog, build_detection_train_loader
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, create_ddp_model
-from detectron2.engine.train_loop import TrainerBase
-from detectron2.evaluation import (
-    CityscapesInstanceEvaluator,
-    CityscapesSemSegEvaluator,
-    COCOEvaluator,
-    COCOPanopticEvaluator,
-    DatasetEvaluators,
-    SemSegEvaluator,
-)
+from detectron2.config import CfgNode
+from detectron2.data import build_detection_train_loader
+from detectron2.engine import DefaultTrainer, create_ddp_model, hooks
 from detectron2.projects.deeplab import build_lr_scheduler
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
+from torch import nn
 
 from ..data.dataset_mappers.build import build_train_mapper
-from ..evaluation.instance_evaluation import InstanceSegEvaluator
-from ..evaluation.sem_seg_loading import load_sem_seg_labels
+from ..evaluation import build_evaluator
 from ..test_time_augmentation import MaskFormerWithTTA
 from ..utils.checkpoint import SafeCheckpointer
 from .optimizer import build_optimizer
 
-__all__ = ["Trainer", "build_evaluator"]
+__all__ = ["Trainer"]
 
 logger = logging.getLogger(__name__)
 
-_PANOPTIC_TYPES = (
-    "coco_panoptic_seg",
-    "ade20k_panoptic_seg",
-    "cityscapes_panoptic_seg",
-    "mapillary_vistas_panoptic_seg",
-)
+
+def _create_cpu_ddp_model(model: nn.Module, **kwargs) -> nn.Module:
+    """Detectron2's ``create_ddp_model`` for a module on the CPU: DDP refuses ``device_ids``
+    there, and Detectron2 passes ``[local rank]`` unless told otherwise."""
+    kwargs.setdefault("device_ids", None)
+    return create_ddp_model(model, **kwargs)
 
 
-def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None):
-    """Evaluator(s) of ``dataset_name`` by its metadata's ``evaluator_type``, as the official
-    ``train_net.py``; on panoptic datasets each task is evaluated when the model outputs it
-    (``MODEL.MASK_FORMER.TEST.{PANOPTIC,INSTANCE,SEMANTIC}_ON``)."""
-    if output_folder is None:
-        output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
-    evaluator_type = MetadataCatalog.get(dataset_name).evaluator_type
-    test = cfg.MODEL.MASK_FORMER.TEST
+def _init_with_cpu_ddp(trainer: DefaultTrainer, cfg: CfgNode) -> None:
+    """Run Detectron2's ``DefaultTrainer.__init__`` on ``trainer`` with CPU-ready DDP.
 
-    def coco():
-        # use_fast_impl needs detectron2._C, which the registry's Detectron2 wheel lacks.
-        return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=False)
-
-    def sem_seg():
-        return SemSegEvaluator(
-            dataset_name, distributed=True, output_dir=output_folder,
-            sem_seg_loading_fn=load_sem_seg_labels,
+    ``DefaultTrainer.__init__`` wraps the model with the module-level ``create_ddp_model`` of
+    ``detectron2.engine.defaults`` and offers no builder or argument for it. Instead of copying
+    the constructor, or assigning that module attribute (state shared by the whole process), its
+    code runs here as a new function whose globals are a copy of its module's globals with that
+    one name bound to :func:`_create_cpu_ddp_model`; Detectron2's module is left untouched.
+    """
+    init = DefaultTrainer.__init__
+    if "create_ddp_model" not in init.__code__.co_names:
+        raise RuntimeError(
+            "DefaultTrainer.__init__ of this Detectron2 version does not call create_ddp_model, "
+            "so Trainer cannot make its DDP work on the CPU; train on CUDA or in one process."
         )
-
-    evaluators = []
-    if evaluator_type == "sem_seg":
-        evaluators.append(sem_seg())
-    elif evaluator_type == "coco":
-        evaluators.append(coco())
-    elif evaluator_type == "cityscapes_instance":
-        evaluators.append(CityscapesInstanceEvaluator(dataset_name))
-    elif evaluator_type == "cityscapes_sem_seg":
-        evaluators.append(CityscapesSemSegEvaluator(dataset_name))
-    elif evaluator_type in _PANOPTIC_TYPES:
-        cityscapes = evaluator_type == "cityscapes_panoptic_seg"
-        if test.PANOPTIC_ON:
-            evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
-        if test.INSTANCE_ON:
-            if cityscapes:
-                evaluators.append(CityscapesInstanceEvaluator(dataset_name))
-            elif evaluator_type == "coco_panoptic_seg":
-                # COCO's thing classes come first, so their contiguous ids are 0..#things-1.
-                evaluators.append(coco())
-            else:
-                evaluators.append(InstanceSegEvaluator(dataset_name, output_dir=output_folder))
-        if test.SEMANTIC_ON:
-            evaluators.append(CityscapesSemSegEvaluator(dataset_name) if cityscapes else sem_seg())
-    if not evaluators:
-        raise NotImplementedError(
-            f"No evaluator for dataset {dataset_name} of evaluator_type {evaluator_type!r} "
-            "with the enabled MODEL.MASK_FORMER.TEST tasks."
-        )
-    return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
+    init_globals = dict(init.__globals__, create_ddp_model=_create_cpu_ddp_model)
+    # The closure carries the __class__ cell of the constructor's zero-argument super().
+    cpu_init = types.FunctionType(
+        init.__code__, init_globals, init.__name__, init.__defaults__, init.__closure__
+    )
+    cpu_init(trainer, cfg)
 
 
 class Trainer(DefaultTrainer):
     """:class:`DefaultTrainer` for Mask2Former (see the module docstring)."""
 
-    def __init__(self, cfg):
-        # DefaultTrainer.__init__, with DDP that also works on the CPU and a safe checkpointer.
-        TrainerBase.__init__(self)
-        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+    def __init__(self, cfg: CfgNode):
+        """
+        Args:
+            cfg: the config (a clone without AMP is used when AMP is enabled off CUDA).
+        """
+        cfg = self._without_amp_off_cuda(cfg)
+        if comm.get_world_size() > 1 and not cfg.MODEL.DEVICE.startswith("cuda"):
+            _init_with_cpu_ddp(self, cfg)
+        else:
+            super().__init__(cfg)
+        self._use_safe_checkpointer()
 
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
+    @staticmethod
+    def _without_amp_off_cuda(cfg: CfgNode) -> CfgNode:
+        """``cfg``, or a clone with ``SOLVER.AMP.ENABLED`` off (and a warning) when AMP is asked
+        for on a device other than CUDA (``setup`` has usually done so already)."""
+        if not cfg.SOLVER.AMP.ENABLED or cfg.MODEL.DEVICE.startswith("cuda"):
+            return cfg
+        logger.warning(
+            "AMP is off: SOLVER.AMP.ENABLED is only used on CUDA (MODEL.DEVICE %s).",
+            cfg.MODEL.DEVICE,
+        )
+        adjusted = cfg.clone()
+        adjusted.defrost()
+        adjusted.SOLVER.AMP.ENABLED = False
+        if cfg.is_frozen():
+            adjusted.freeze()
+        return adjusted
 
-        on_cuda = cfg.MODEL.DEVICE.startswith("cuda")
-        ddp_kwargs = {} if on_cuda else {"device_ids": None}
-        model = create_ddp_model(model, broadcast_buffers=False, **ddp_kwargs)
-        use_amp = cfg.SOLVER.AMP.ENABLED and on_cuda
-        if cfg.SOLVER.AMP.ENABLED and not use_amp:
-            logger.warning("AMP is off: SOLVER.AMP.ENABLED is only used on CUDA.")
-        self._trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, data_loader, optimizer)
-
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+    def _use_safe_checkpointer(self) -> None:
+        """Replace Detectron2's checkpointer by a :class:`SafeCheckpointer` of the same model,
+        folder and checkpointables, in the hooks built by the constructor too."""
+        previous = self.checkpointer
         self.checkpointer = SafeCheckpointer(
-            model,
-            cfg.OUTPUT_DIR,
-            allow_shape_mismatch=cfg.MODEL.WEIGHTS_ALLOW_SHAPE_MISMATCH,
+            self._trainer.model,
+            self.cfg.OUTPUT_DIR,
+            allow_shape_mismatch=self.cfg.MODEL.WEIGHTS_ALLOW_SHAPE_MISMATCH,
             trainer=weakref.proxy(self),
         )
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-
-        self.register_hooks(self.build_hooks())
+        for hook in self._hooks:
+            if isinstance(hook, hooks.PeriodicCheckpointer) and hook.checkpointer is previous:
+                hook.checkpointer = self.checkpointer
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -1,1 +1,7 @@
-from .ms_deform_attn import MSDeformAttn, ms_deform_attn, ms_deform_attn_pytorch  # noqa: F401
+from .ms_deform_attn import (  # noqa: F401
+    MSDeformAttn,
+    active_impl_of,
+    ms_deform_attn,
+    ms_deform_attn_impl,
+    ms_deform_attn_pytorch,
+)

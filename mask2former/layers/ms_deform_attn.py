@@ -3,20 +3,28 @@
 Notation: N batch, S = sum of H_l * W_l value positions over the L levels, Lq queries,
 M heads, D channels per head, P sampling points per head and level.
 
-``ms_deform_attn`` is the single entry point used by the model; it picks an implementation at
-call time (see ``mask2former.layers.ms_deform_attn_dispatch``).
+``ms_deform_attn`` is the single entry point used by the model; it runs the implementation it is
+given ("auto" or "pytorch", see ``mask2former.layers.ms_deform_attn_dispatch``). Each
+``MSDeformAttn`` module carries its own choice (``impl``); :func:`ms_deform_attn_impl` changes
+it for every such module of a model inside a ``with`` block.
 ``ms_deform_attn_pytorch`` is the reference implementation: bilinear sampling with
 ``grid_sample`` (align_corners=False, zero padding), which runs on every device.
 """
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ms_deform_attn_dispatch import ms_deform_attn_compiled, use_compiled
+from .ms_deform_attn_dispatch import (
+    active_impl,
+    check_impl,
+    ms_deform_attn_compiled,
+    use_compiled,
+)
 
 SpatialShapes = torch.Tensor | Sequence[tuple[int, int]]
 
@@ -82,12 +90,14 @@ def ms_deform_attn(
     level_start_index: torch.Tensor,
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
+    impl: str = "auto",
 ) -> torch.Tensor:
-    """Multi-scale deformable attention with the best implementation available for the inputs.
+    """Multi-scale deformable attention with implementation ``impl``: "auto" (the compiled op
+    when it can run the inputs, else pure PyTorch) or "pytorch" (always pure PyTorch).
 
-    Same arguments and result as :func:`ms_deform_attn_pytorch`.
+    Other arguments and result as :func:`ms_deform_attn_pytorch`.
     """
-    if use_compiled(value, sampling_locations, attention_weights):
+    if use_compiled(value, sampling_locations, attention_weights, impl):
         if not isinstance(spatial_shapes, torch.Tensor):
             spatial_shapes = torch.as_tensor(
                 spatial_shapes, dtype=torch.long, device=value.device
@@ -108,10 +118,22 @@ class MSDeformAttn(nn.Module):
         n_levels: number of feature levels L.
         n_heads: attention heads M (C must be divisible by M).
         n_points: sampling points P per head and level.
+        impl: implementation, "auto" (compiled op when built and the inputs fit, else pure
+            PyTorch) or "pytorch" (always pure PyTorch). A plain attribute, not in the
+            state_dict; :func:`ms_deform_attn_impl` changes it temporarily.
     """
 
-    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4):
+    def __init__(
+        self,
+        d_model: int = 256,
+        n_levels: int = 4,
+        n_heads: int = 8,
+        n_points: int = 4,
+        *,
+        impl: str = "auto",
+    ):
         super().__init__()
+        self.impl = impl
         if d_model % n_heads != 0:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
         self.d_model = d_model
@@ -123,6 +145,18 @@ class MSDeformAttn(nn.Module):
         self.value_proj = nn.Linear(d_model, d_model)
         self.output_proj = nn.Linear(d_model, d_model)
         self._reset_parameters()
+
+    @property
+    def impl(self) -> str:
+        """Implementation of this module: "auto" or "pytorch"."""
+        return self._impl
+
+    @impl.setter
+    def impl(self, impl: str) -> None:
+        self._impl = check_impl(impl)
+
+    def extra_repr(self) -> str:
+        return f"impl={self.impl!r}"
 
     def _reset_parameters(self) -> None:
         nn.init.constant_(self.sampling_offsets.weight, 0.0)
@@ -196,6 +230,33 @@ class MSDeformAttn(nn.Module):
             + offsets / normalizer[None, None, None, :, None, :]
         )
         out = ms_deform_attn(
-            value, input_spatial_shapes, input_level_start_index, locations, weights
+            value, input_spatial_shapes, input_level_start_index, locations, weights, self.impl
         )  # (N, Lq, C)
         return self.output_proj(out)
+
+
+@contextlib.contextmanager
+def ms_deform_attn_impl(module: nn.Module, impl: str) -> Iterator[nn.Module]:
+    """Sets ``impl`` on every :class:`MSDeformAttn` inside ``module`` (itself included) for the
+    duration of the ``with`` block, then restores each one's previous value (also on error).
+
+    Example: ``with ms_deform_attn_impl(model, "pytorch"): torch.onnx.export(model, ...)``.
+    """
+    check_impl(impl)
+    attns = [m for m in module.modules() if isinstance(m, MSDeformAttn)]
+    previous = [m.impl for m in attns]
+    try:
+        for m in attns:
+            m.impl = impl
+        yield module
+    finally:
+        for m, old in zip(attns, previous):
+            m.impl = old
+
+
+def active_impl_of(module: nn.Module, device_type: str) -> str:
+    """What the :class:`MSDeformAttn` modules inside ``module`` run for float32 inputs on this
+    device type ("cpu", "cuda"): "compiled", "pytorch", "compiled+pytorch" when they differ, or
+    "none" when there is no such module."""
+    attns = [m for m in module.modules() if isinstance(m, MSDeformAttn)]
+    return "+".join(sorted({active_impl(device_type, m.impl) for m in attns})) or "none"

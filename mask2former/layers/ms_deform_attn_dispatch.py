@@ -4,15 +4,19 @@ The compiled extension ``mask2former._C`` (sources in ``mask2former/layers/csrc`
 ``setup.py``) registers two operators, ``torch.ops.mask2former.ms_deform_attn`` and its
 backward, with CPU kernels (float32, float64) and, when built with CUDA, CUDA kernels (float16,
 bfloat16, float32, float64). This module registers their autograd formula and their shape
-functions (so ``torch.compile`` can trace them), and decides per call which implementation runs:
+functions (so ``torch.compile`` can trace them), and decides per call which implementation runs.
 
-- the pure-PyTorch path when the implementation is set to ``"pytorch"``
-  (:func:`set_ms_deform_attn_impl`, config key ``MODEL.SEM_SEG_HEAD.DEFORMABLE_ATTENTION_IMPL``,
-  or the environment variable ``M2F_MSDA_IMPL=pytorch``, which wins over the setting), while
-  exporting to ONNX or tracing with TorchScript, or when the extension is missing;
-- otherwise the compiled op when it has a kernel for the device and dtype of the inputs.
+The implementation is a per-module setting (``MSDeformAttn.impl``, set from the config key
+``MODEL.SEM_SEG_HEAD.DEFORMABLE_ATTENTION_IMPL``), never process-global state:
 
-A missing or broken extension logs one warning at import and never raises.
+- ``"pytorch"``: always the pure-PyTorch path;
+- ``"auto"``: the compiled op when it has a kernel for the device and dtype of the inputs, else
+  the pure-PyTorch path (also while exporting to ONNX, tracing with TorchScript, or when the
+  extension is missing).
+
+The environment variable ``M2F_MSDA_IMPL=pytorch`` only changes the user default
+(:func:`default_impl`, the default of the config key). A missing or broken extension logs one
+warning at import and never raises.
 """
 
 import importlib
@@ -24,11 +28,10 @@ import torch
 logger = logging.getLogger(__name__)
 
 IMPLS = ("auto", "pytorch")
+# Read only by default_impl (the user default); nothing here sets it.
 ENV_VAR = "M2F_MSDA_IMPL"
 _CPU_DTYPES = (torch.float32, torch.float64)
 _CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-_impl = "auto"
 
 
 def _load_extension():
@@ -49,33 +52,29 @@ CPU_BUILT = _C is not None
 CUDA_BUILT = CPU_BUILT and bool(getattr(_C, "WITH_CUDA", False))
 
 
-def set_ms_deform_attn_impl(name: str) -> None:
-    """Selects the implementation for all later calls: "auto" (compiled when possible) or "pytorch".
-
-    The environment variable ``M2F_MSDA_IMPL=pytorch`` forces the pure-PyTorch path whatever is
-    set here.
-    """
-    global _impl
-    if name not in IMPLS:
+def check_impl(impl: str) -> str:
+    """Returns ``impl`` if it is one of :data:`IMPLS`, else raises ValueError."""
+    if impl not in IMPLS:
         raise ValueError(
-            f"deformable attention implementation must be one of {IMPLS}, got {name!r}"
+            f"deformable attention implementation must be one of {IMPLS}, got {impl!r}"
         )
-    _impl = name
+    return impl
 
 
-def get_ms_deform_attn_impl() -> str:
-    """The implementation setting in force: "pytorch" when forced by the environment, else the
-    value given to :func:`set_ms_deform_attn_impl` (default "auto")."""
-    if os.environ.get(ENV_VAR, "").strip().lower() == "pytorch":
-        return "pytorch"
-    return _impl
+def default_impl() -> str:
+    """The user default: "pytorch" when ``M2F_MSDA_IMPL=pytorch`` is set, else "auto"."""
+    return "pytorch" if os.environ.get(ENV_VAR, "").strip().lower() == "pytorch" else "auto"
 
 
 def use_compiled(
-    value: torch.Tensor, sampling_locations: torch.Tensor, attention_weights: torch.Tensor
+    value: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+    impl: str = "auto",
 ) -> bool:
-    """Whether :func:`ms_deform_attn_compiled` runs these inputs (else the pure-PyTorch path)."""
-    if not CPU_BUILT or get_ms_deform_attn_impl() == "pytorch":
+    """Whether implementation ``impl`` runs these inputs with :func:`ms_deform_attn_compiled`
+    (else with the pure-PyTorch path)."""
+    if check_impl(impl) == "pytorch" or not CPU_BUILT:
         return False
     if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
         return False
@@ -91,9 +90,10 @@ def use_compiled(
     return False
 
 
-def active_impl(device_type: str) -> str:
-    """Implementation that float32 inputs on this device type ("cpu", "cuda") use now."""
-    if not CPU_BUILT or get_ms_deform_attn_impl() == "pytorch":
+def active_impl(device_type: str, impl: str = "auto") -> str:
+    """What float32 inputs on this device type ("cpu", "cuda") run with implementation ``impl``:
+    "compiled" or "pytorch"."""
+    if check_impl(impl) == "pytorch" or not CPU_BUILT:
         return "pytorch"
     if device_type == "cpu" or (device_type == "cuda" and CUDA_BUILT):
         return "compiled"

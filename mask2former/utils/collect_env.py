@@ -23,6 +23,7 @@ def collect_env_info() -> list[tuple[str, str]]:
     """(name, value) rows describing Python, torch, Detectron2 and the compiled op."""
     from mask2former.layers import ms_deform_attn_dispatch as dispatch
 
+    default = dispatch.default_impl()
     rows = [
         ("Python", sys.version.replace("\n", " ")),
         ("platform", platform.platform()),
@@ -40,9 +41,11 @@ def collect_env_info() -> list[tuple[str, str]]:
         ("compiled op, CPU kernels", str(dispatch.CPU_BUILT)),
         ("compiled op, CUDA kernels", str(dispatch.CUDA_BUILT)),
         (f"{dispatch.ENV_VAR}", os.environ.get(dispatch.ENV_VAR, "(unset)")),
-        ("deformable attention setting", dispatch.get_ms_deform_attn_impl()),
-        ("deformable attention on CPU", dispatch.active_impl("cpu")),
-        ("deformable attention on CUDA", dispatch.active_impl("cuda")),
+        # The user default (config default of MODEL.SEM_SEG_HEAD.DEFORMABLE_ATTENTION_IMPL) and
+        # what a model built with it runs; each model may set its own.
+        ("deformable attention default", default),
+        ("deformable attention on CPU", dispatch.active_impl("cpu", default)),
+        ("deformable attention on CUDA", dispatch.active_impl("cuda", default)),
     ]
     return rows
 

@@ -5,6 +5,7 @@ import pycocotools.mask as mask_util
 import pytest
 import torch
 from detectron2.config import get_cfg
+from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 from PIL import Image
 
@@ -131,7 +132,10 @@ def _check_instances(out, with_boxes):
         assert boxes.shape == (len(inst), 4)
         for m, b in zip(inst.gt_masks, boxes):
             ys, xs = torch.where(m)
-            assert b.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+            if len(xs):
+                assert b.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+            else:  # a segment emptied by the crop
+                assert b.tolist() == [0, 0, 0, 0]
     return inst
 
 
@@ -238,8 +242,30 @@ def test_lsj_panoptic_mapper(tmp_path):
     out = COCOPanopticNewBaselineDatasetMapper(cfg)(_panoptic_record(tmp_path))
     assert out["image"].shape == (3, 64, 64)
     inst = _check_instances(out, with_boxes=True)
-    assert set(inst.gt_classes.tolist()) <= {4, 1}
+    # Whatever the random crop keeps, both non-crowd segments are targets (maybe empty).
+    assert inst.gt_classes.tolist() == [4, 1]
     assert not (inst.gt_masks & out["padding_mask"]).any()
+
+
+def test_lsj_crop_keeps_emptied_panoptic_segments_and_drops_emptied_instances(tmp_path):
+    # A fixed crop of the top-left 20 x 15 pixels instead of the random large-scale jitter.
+    crop = T.CropTransform(0, 0, 20, 15)  # x0, y0, w, h
+    lsj = {"augmentations": [crop], "image_format": "RGB"}
+
+    # Panoptic: stuff 11 fills x < 20, thing 22 (x 25..34) is cut away; crowd 33 is no target.
+    out = COCOPanopticNewBaselineDatasetMapper(**lsj)(_panoptic_record(tmp_path))
+    inst = _check_instances(out, with_boxes=True)
+    assert out["image"].shape == (3, 15, 20)
+    assert inst.gt_classes.tolist() == [4, 1]  # as the official mapper: emptied thing kept
+    assert inst.gt_masks[0].all()
+    assert inst.gt_masks[1].shape == (15, 20) and not inst.gt_masks[1].any()
+
+    # Instance, same crop: the polygon (y 2..12) stays, the RLE mask (y 20..27) is cut away
+    # and dropped, as Detectron2's filter_empty_instances does in the official mapper.
+    out = COCOInstanceNewBaselineDatasetMapper(**lsj)(_instance_record(tmp_path))
+    inst = _check_instances(out, with_boxes=True)
+    assert inst.gt_classes.tolist() == [2]
+    assert inst.gt_masks.shape == (1, 15, 20) and inst.gt_masks[0, 5, 5]
 
 
 def test_lsj_mapper_inference_returns_image_only(tmp_path):

@@ -10,7 +10,11 @@ import pytest
 import torch
 
 from mask2former.layers import ms_deform_attn_dispatch as dispatch
-from mask2former.layers.ms_deform_attn import ms_deform_attn, ms_deform_attn_pytorch
+from mask2former.layers.ms_deform_attn import (
+    ms_deform_attn,
+    ms_deform_attn_impl,
+    ms_deform_attn_pytorch,
+)
 
 # The module (the package re-exports a function of the same name).
 msda = importlib.import_module("mask2former.layers.ms_deform_attn")
@@ -86,13 +90,6 @@ def forward_and_grads(fn, inputs, grad_dtype=None):
     grad = torch.randn(out.shape, generator=gen).to(grad_dtype or out.dtype).to(out)
     out.backward(grad)
     return out.detach(), value.grad, loc.grad, weights.grad
-
-
-@pytest.fixture(autouse=True)
-def restore_impl(monkeypatch):
-    monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
-    yield
-    dispatch.set_ms_deform_attn_impl("auto")
 
 
 @needs_ext
@@ -213,17 +210,20 @@ def test_dispatch_rules(monkeypatch):
 
     ms_deform_attn(*inputs)
     assert calls.pop() == ("compiled" if dispatch.CPU_BUILT else "pytorch")
+    ms_deform_attn(*inputs, impl="auto")
+    assert calls.pop() == ("compiled" if dispatch.CPU_BUILT else "pytorch")
+    assert dispatch.active_impl("cpu", "auto") == ("compiled" if dispatch.CPU_BUILT else "pytorch")
 
+    # The environment variable is a user default for new configs, not read per call.
     monkeypatch.setenv(dispatch.ENV_VAR, "pytorch")
     ms_deform_attn(*inputs)
-    assert calls.pop() == "pytorch"
-    assert dispatch.active_impl("cpu") == "pytorch"
+    assert calls.pop() == ("compiled" if dispatch.CPU_BUILT else "pytorch")
     monkeypatch.delenv(dispatch.ENV_VAR)
 
-    dispatch.set_ms_deform_attn_impl("pytorch")
-    ms_deform_attn(*inputs)
+    ms_deform_attn(*inputs, impl="pytorch")
     assert calls.pop() == "pytorch"
-    dispatch.set_ms_deform_attn_impl("auto")
+    assert dispatch.active_impl("cpu", "pytorch") == "pytorch"
+    assert dispatch.active_impl("cuda", "pytorch") == "pytorch"
 
     # No CPU kernel for half; mixed dtypes never reach the compiled op.
     half = [t.half() if t.is_floating_point() else t for t in inputs]
@@ -237,13 +237,16 @@ def test_dispatch_rules(monkeypatch):
     ms_deform_attn(*inputs)
     assert calls.pop() == "pytorch"
 
-    with pytest.raises(ValueError):
-        dispatch.set_ms_deform_attn_impl("cuda")
+    with pytest.raises(ValueError, match="auto"):
+        ms_deform_attn(*inputs, impl="cuda")
+    with pytest.raises(ValueError, match="pytorch"):
+        dispatch.active_impl("cpu", "compiled")
+    assert not calls
 
 
 @needs_ext
 def test_pixel_decoder_same_with_either_path():
-    pixel_decoder = pytest.importorskip("mask2former.modeling.pixel_decoder.msdeformattn")
+    pixel_decoder = pytest.importorskip("mask2former.models.mask2former.pixel_decoder.msdeformattn")
     from detectron2.layers import ShapeSpec
 
     torch.manual_seed(0)
@@ -267,8 +270,7 @@ def test_pixel_decoder_same_with_either_path():
     }
     results = {}
     for impl in ("pytorch", "auto"):
-        dispatch.set_ms_deform_attn_impl(impl)
-        with torch.no_grad():
+        with ms_deform_attn_impl(decoder, impl), torch.no_grad():
             results[impl] = decoder.forward_features(features)
     flat = [torch.utils._pytree.tree_leaves(results[impl]) for impl in ("pytorch", "auto")]
     assert len(flat[0]) == len(flat[1]) > 0

@@ -5,8 +5,10 @@ import logging
 
 import pytest
 import torch
+from detectron2.projects.point_rend.point_features import point_sample
 from torch.nn import functional as F
 
+import mask2former.modeling.matcher as matcher_module
 from mask2former.modeling.matcher import HungarianMatcher
 
 WEIGHTS = {"cost_class": 2.0, "cost_mask": 5.0, "cost_dice": 5.0}
@@ -96,10 +98,38 @@ def test_matching_is_optimal(monkeypatch, num_queries, num_gts, seed):
         assert matched == pytest.approx(_brute_force(cost), abs=1e-4)
 
 
-def test_random_points_are_shared_and_in_unit_square():
-    matcher = HungarianMatcher(**WEIGHTS, num_points=1000)
-    pts = matcher.sample_points(torch.device("cpu"))
-    assert pts.shape == (1000, 2) and pts.min() >= 0 and pts.max() <= 1
+def test_random_points_are_shared_and_in_unit_square(monkeypatch):
+    # Record every point_sample call of a real forward pass: per image, the predicted masks
+    # (Q, 1, h, w) and the ground-truth masks (G, 1, H, W) must be read at the very same points.
+    calls = []
+
+    def recording_point_sample(masks, coords, **kwargs):
+        calls.append((masks.shape, coords.clone()))
+        return point_sample(masks, coords, **kwargs)
+
+    monkeypatch.setattr(matcher_module, "point_sample", recording_point_sample)
+    num_points, num_queries, batch = 50, 3, 2
+    matcher = HungarianMatcher(**WEIGHTS, num_points=num_points)
+    outputs = {"pred_logits": torch.randn(batch, num_queries, 5),
+               "pred_masks": torch.randn(batch, num_queries, 4, 6)}
+    targets = [{"labels": torch.tensor([0, 1]), "masks": torch.rand(2, 16, 24) > 0.5}
+               for _ in range(batch)]
+    matcher(outputs, targets)
+
+    assert len(calls) == 2 * batch  # one call for the predictions, one for the targets
+    per_image = []
+    for (pred_shape, pred_coords), (tgt_shape, tgt_coords) in zip(calls[0::2], calls[1::2]):
+        assert pred_shape == (num_queries, 1, 4, 6) and tgt_shape == (2, 1, 16, 24)
+        assert pred_coords.shape == (num_queries, num_points, 2)
+        assert tgt_coords.shape == (2, num_points, 2)
+        points = pred_coords[0]  # (P, 2)
+        # Shared by every prediction and every ground truth of the image.
+        assert torch.equal(pred_coords, points.expand_as(pred_coords))
+        assert torch.equal(tgt_coords, points.expand_as(tgt_coords))
+        assert points.min() >= 0 and points.max() <= 1
+        per_image.append(points)
+    # Drawn afresh for each image, not fixed.
+    assert not torch.equal(per_image[0], per_image[1])
 
 
 def test_empty_targets_give_empty_indices():

@@ -24,7 +24,7 @@ from mask2former.data.datasets.register_synthetic import register_all_synthetic
 from mask2former.data.synthetic import generate_synthetic_dataset
 from mask2former.data.utils import read_label_map, rgb2id
 from mask2former.engine.defaults import load_config
-from mask2former.engine.trainer import build_evaluator
+from mask2former.evaluation import build_evaluator
 from mask2former.evaluation.sem_seg_loading import load_sem_seg_labels
 from mask2former.utils.predictions import PredictionWriter
 

@@ -13,6 +13,9 @@ class COCOInstanceNewBaselineDatasetMapper(LSJDatasetMapper):
     are dropped. See :class:`LSJDatasetMapper` for the output keys."""
 
     def _targets(self, dataset_dict, transforms, original_shape, image_shape):
-        return instance_targets(
+        classes, masks = instance_targets(
             dataset_dict, transforms, original_shape, image_shape, type(self).__name__
         )
+        # As Detectron2's filter_empty_instances in the official mapper: the crop can empty a mask.
+        keep = [i for i, mask in enumerate(masks) if mask.any()]
+        return [classes[i] for i in keep], [masks[i] for i in keep]

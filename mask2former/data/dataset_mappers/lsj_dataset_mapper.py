@@ -24,7 +24,8 @@ class LSJDatasetMapper:
 
     Output keys: "image" (3, S, S) uint8, "padding_mask" (S, S) bool (True on padded pixels) and,
     in training, "instances" with gt_classes (N,), gt_masks (N, S, S) bool and gt_boxes (N, 4)
-    XYXY boxes of the masks. Subclasses implement :meth:`_targets`.
+    XYXY boxes of the masks (zeros for an empty mask). Subclasses implement :meth:`_targets`,
+    which also decides whether masks emptied by the crop are kept.
     """
 
     @configurable
@@ -50,7 +51,8 @@ class LSJDatasetMapper:
 
     def _targets(self, dataset_dict, transforms, original_shape, image_shape):
         """(classes, (S, S) bool masks) of the record after ``transforms``; ``original_shape``
-        and ``image_shape`` are the (H, W) before and after."""
+        and ``image_shape`` are the (H, W) before and after. Every returned mask becomes a
+        target, empty or not."""
         raise NotImplementedError
 
     def __call__(self, dataset_dict: dict) -> dict:
@@ -74,10 +76,7 @@ class LSJDatasetMapper:
             return dataset_dict
 
         classes, masks = self._targets(dataset_dict, transforms, original_shape, image_shape)
-        keep = [i for i, m in enumerate(masks) if m.any()]  # cropping can empty a mask
-        dataset_dict["instances"] = masks_to_instances(
-            image_shape, [classes[i] for i in keep], [masks[i] for i in keep], with_boxes=True
-        )
+        dataset_dict["instances"] = masks_to_instances(image_shape, classes, masks, with_boxes=True)
         dataset_dict.pop("annotations", None)
         dataset_dict.pop("segments_info", None)
         return dataset_dict

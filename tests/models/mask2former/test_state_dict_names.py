@@ -13,7 +13,7 @@ from detectron2.modeling import build_model
 
 from mask2former.config import add_maskformer2_config
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 C = 256  # hidden / conv / mask width of the released configs
 
 

@@ -7,8 +7,8 @@ from detectron2.config import get_cfg
 from torch import nn
 
 from mask2former import add_maskformer2_config
-from mask2former.modeling import build_transformer_decoder
-from mask2former.modeling.transformer_decoder.mask2former_transformer_decoder import (
+from mask2former.models.mask2former import build_transformer_decoder
+from mask2former.models.mask2former.transformer_decoder.mask2former_transformer_decoder import (
     unmask_fully_masked_rows,
 )
 

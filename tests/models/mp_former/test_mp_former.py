@@ -1,4 +1,4 @@
-"""MP-Former's piloting in the decoder (mask2former/modeling/mp_former.py): parity with
+"""MP-Former's piloting in the decoder (mask2former/models/mp_former): parity with
 Mask2Former, isolation of the matching queries, attention masks, noise, checkpoints. Tiny sizes
 on CPU; losses, full-model training and configs are in test_mp_former_training.py."""
 
@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from detectron2.config import get_cfg
 
 from mask2former import add_maskformer2_config
-from mask2former.modeling import build_transformer_decoder
-from mask2former.modeling.mp_former import MaskPiloting
-from mask2former.modeling.transformer_decoder.mask2former_transformer_decoder import (
+from mask2former.models.mask2former import build_transformer_decoder
+from mask2former.models.mask2former.transformer_decoder.mask2former_transformer_decoder import (
     mask_logits_to_attn_mask,
     unmask_fully_masked_rows,
 )
+from mask2former.models.mp_former import MaskPiloting
 
 B, Q, K, C, HEADS, MASK_DIM = 2, 5, 3, 16, 4, 8
 LEVEL_SIZES = [(2, 3), (3, 4), (5, 6)]  # 1/32, 1/16, 1/8
@@ -33,8 +33,8 @@ def decoder_cfg(mp=True, dec_layers=7, **mp_keys):
     cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = K
     cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = MASK_DIM
     cfg.MODEL.MP_FORMER.ENABLED = mp
-    for key, value in mp_keys.items():
-        setattr(cfg.MODEL.MP_FORMER, key, value)
+    for key, value in mp_keys.items():  # QUERY_POS is a decoder key
+        setattr(mf if key == "QUERY_POS" else cfg.MODEL.MP_FORMER, key, value)
     return cfg
 
 
@@ -103,7 +103,7 @@ def predictions(out):
 
 def test_same_weights_with_and_without_mp():
     plain, piloted = tiny_decoder(mp=False).state_dict(), tiny_decoder(mp=True).state_dict()
-    assert set(piloted) - set(plain) == {"piloting.label_enc.weight"}
+    assert set(piloted) - set(plain) == {"variant.label_enc.weight"}
     assert set(plain) <= set(piloted)
     assert all(torch.equal(plain[k], piloted[k]) for k in plain)
 
@@ -145,7 +145,7 @@ def test_matching_queries_do_not_see_piloted_inputs():
     torch.manual_seed(3)
     out_a = decoder(x, mask_features, targets=targets)
     with torch.no_grad():
-        decoder.piloting.label_enc.weight.normal_()
+        decoder.variant.label_enc.weight.normal_()
     other = [{"labels": (t["labels"] + 1) % K, "masks": t["masks"].flip(-1)} for t in targets]
     torch.manual_seed(3)
     out_b = decoder(x, mask_features, targets=other)
@@ -332,12 +332,12 @@ def test_mp_checkpoint_loads_into_plain_model(caplog):
 
 def test_fork_checkpoint_loads_with_query_pos_none(caplog):
     state = tiny_decoder(mp=True).state_dict()
-    fork = {("label_enc.weight" if k == "piloting.label_enc.weight" else k): v
+    fork = {("label_enc.weight" if k == "variant.label_enc.weight" else k): v
             for k, v in state.items() if k != "query_embed.weight"}
     decoder = tiny_decoder(mp=True, QUERY_POS="none")
     assert decoder.query_embed is None
     decoder.load_state_dict(fork, strict=True)
-    assert torch.equal(decoder.piloting.label_enc.weight, fork["label_enc.weight"])
+    assert torch.equal(decoder.variant.label_enc.weight, fork["label_enc.weight"])
     # Plain Mask2Former without query positions, for inference.
     tiny_decoder(mp=False, QUERY_POS="none").load_state_dict(fork, strict=True)
     # With learned positions the fork checkpoint is recognised and a warning says what to do.
@@ -345,6 +345,15 @@ def test_fork_checkpoint_loads_with_query_pos_none(caplog):
         result = tiny_decoder(mp=True).load_state_dict(fork, strict=False)
     assert result.missing_keys == ["query_embed.weight"]
     assert "QUERY_POS" in caplog.text
+
+
+def test_earlier_piloting_key_loads():
+    state = tiny_decoder(mp=True).state_dict()
+    old = {("piloting.label_enc.weight" if k == "variant.label_enc.weight" else k): v
+           for k, v in state.items()}
+    decoder = tiny_decoder(mp=True)
+    decoder.load_state_dict(old, strict=True)
+    assert torch.equal(decoder.variant.label_enc.weight, state["variant.label_enc.weight"])
 
 
 def test_query_pos_none_trains_and_infers():

@@ -6,9 +6,9 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from test_pixel_decoder import INPUT_SHAPE, _hw, tiny_cfg, tiny_features
 from torch import nn
 
-from mask2former.modeling import MaskFormerHead
-from mask2former.modeling.pixel_decoder.fpn import BasePixelDecoder
-from mask2former.modeling.pixel_decoder.msdeformattn import MSDeformAttnPixelDecoder
+from mask2former.models.mask2former import MaskFormerHead
+from mask2former.models.mask2former.pixel_decoder.fpn import BasePixelDecoder
+from mask2former.models.mask2former.pixel_decoder.msdeformattn import MSDeformAttnPixelDecoder
 
 
 def tiny_head_cfg(pixel_decoder="MSDeformAttnPixelDecoder", in_feature="multi_scale_pixel_decoder"):

@@ -8,8 +8,8 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
-from ..pixel_decoder.fpn import build_pixel_decoder
-from ..transformer_decoder.mask2former_transformer_decoder import build_transformer_decoder
+from .pixel_decoder.fpn import build_pixel_decoder
+from .transformer_decoder.mask2former_transformer_decoder import build_transformer_decoder
 
 logger = logging.getLogger(__name__)
 

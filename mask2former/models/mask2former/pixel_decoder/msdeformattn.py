@@ -18,14 +18,16 @@ from torch import nn
 
 from mask2former.layers import MSDeformAttn
 from mask2former.layers.ms_deform_attn import SpatialShapes, level_sizes
-from mask2former.layers.ms_deform_attn_dispatch import set_ms_deform_attn_impl
 
+from ....modeling.position_encoding import PositionEmbeddingSine
 from .fpn import NUM_MULTI_SCALE_FEATURES, make_lateral_conv, make_output_conv
-from .position_encoding import PositionEmbeddingSine
 
 
 class MSDeformAttnTransformerEncoderLayer(nn.Module):
-    """Post-norm encoder layer: x = LN(x + MSDeformAttn(x + pos)); x = LN(x + FFN(x))."""
+    """Post-norm encoder layer: x = LN(x + MSDeformAttn(x + pos)); x = LN(x + FFN(x)).
+
+    ``deformable_attention_impl`` ("auto" or "pytorch") is the ``impl`` of the attention.
+    """
 
     def __init__(
         self,
@@ -35,9 +37,13 @@ class MSDeformAttnTransformerEncoderLayer(nn.Module):
         n_levels: int = 4,
         n_heads: int = 8,
         n_points: int = 4,
+        *,
+        deformable_attention_impl: str = "auto",
     ):
         super().__init__()
-        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
+        self.self_attn = MSDeformAttn(
+            d_model, n_levels, n_heads, n_points, impl=deformable_attention_impl
+        )
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, d_ffn)
@@ -113,6 +119,8 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
         dropout: dropout of attention output and FFN.
         num_feature_levels: number of input maps L.
         enc_n_points: sampling points per head and level.
+        deformable_attention_impl: implementation of every deformable attention, "auto" or
+            "pytorch" (see :class:`MSDeformAttn`).
     """
 
     def __init__(
@@ -124,6 +132,8 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
         dropout: float = 0.1,
         num_feature_levels: int = 4,
         enc_n_points: int = 4,
+        *,
+        deformable_attention_impl: str = "auto",
     ):
         super().__init__()
         self.d_model = d_model
@@ -131,7 +141,13 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
         self.encoder = MSDeformAttnTransformerEncoder(
             [
                 MSDeformAttnTransformerEncoderLayer(
-                    d_model, dim_feedforward, dropout, num_feature_levels, nhead, enc_n_points
+                    d_model,
+                    dim_feedforward,
+                    dropout,
+                    num_feature_levels,
+                    nhead,
+                    enc_n_points,
+                    deformable_attention_impl=deformable_attention_impl,
                 )
                 for _ in range(num_encoder_layers)
             ]
@@ -199,6 +215,9 @@ class MSDeformAttnPixelDecoder(nn.Module):
         transformer_in_features: backbone features fed to the encoder (>= 1).
         common_stride: stride of the mask features; the FPN covers the input levels from this
             stride up to (excluding) the finest encoder stride.
+        deformable_attention_impl: implementation of the encoder's deformable attention, "auto"
+            or "pytorch" (``MODEL.SEM_SEG_HEAD.DEFORMABLE_ATTENTION_IMPL``; see
+            :class:`MSDeformAttn`). Only these modules are affected, never other models.
     """
 
     @configurable
@@ -216,6 +235,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         norm: str = "GN",
         transformer_in_features: list[str],
         common_stride: int,
+        deformable_attention_impl: str = "auto",
     ):
         super().__init__()
         shapes = sorted(input_shape.items(), key=lambda kv: kv[1].stride)
@@ -250,6 +270,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             dropout=transformer_dropout,
             num_feature_levels=self.transformer_num_feature_levels,
             enc_n_points=transformer_n_points,
+            deformable_attention_impl=deformable_attention_impl,
         )
         self.pe_layer = PositionEmbeddingSine(conv_dim // 2, normalize=True)
 
@@ -278,8 +299,6 @@ class MSDeformAttnPixelDecoder(nn.Module):
     @classmethod
     def from_config(cls, cfg, input_shape: dict[str, ShapeSpec]):
         head = cfg.MODEL.SEM_SEG_HEAD
-        # Process-wide choice of the deformable-attention kernel ("auto" or "pytorch").
-        set_ms_deform_attn_impl(head.DEFORMABLE_ATTENTION_IMPL)
         return {
             "input_shape": {k: v for k, v in input_shape.items() if k in head.IN_FEATURES},
             "conv_dim": head.CONVS_DIM,
@@ -293,6 +312,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             "transformer_enc_layers": head.TRANSFORMER_ENC_LAYERS,
             "transformer_in_features": head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES,
             "common_stride": head.COMMON_STRIDE,
+            "deformable_attention_impl": head.DEFORMABLE_ATTENTION_IMPL,
         }
 
     def forward_features(

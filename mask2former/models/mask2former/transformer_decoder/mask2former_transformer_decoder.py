@@ -6,17 +6,16 @@ FFN. Before the first layer and after every layer, a shared head predicts class 
 logits; the mask logits, resized to the level read next and thresholded at 0.5, give the next
 layer's cross-attention mask.
 
-The forward pass is split so that variants can be composed without copying it (MP-Former adds
-extra query groups with their own masks): :meth:`_prepare_memory` (per-level keys/values),
-:meth:`initial_queries` (learned queries), :meth:`decode` (the layer loop, taking an optional
-self-attention mask and a hook that may rewrite cross-attention masks),
+Training variants (MP-Former) plug in through the interface of ``..variant``: extra queries
+placed before the Q learned ones, a self-attention mask, a per-layer cross-attention-mask hook,
+and a split of the outputs. The forward pass is split into :meth:`_prepare_memory` (per-level
+keys/values), :meth:`initial_queries` (learned queries), :meth:`decode` (the layer loop),
 :meth:`forward_prediction_heads` and :meth:`format_outputs`.
 
 Attention masks are boolean with ``nn.MultiheadAttention`` semantics: True = not allowed.
 """
 
 import logging
-from collections.abc import Callable
 from typing import NamedTuple
 
 import fvcore.nn.weight_init as weight_init
@@ -27,8 +26,14 @@ from detectron2.layers import Conv2d
 from detectron2.utils.registry import Registry
 from torch import nn
 
-from ..mp_former import MaskPiloting, adapt_mp_former_keys, build_mask_piloting
-from .position_encoding import PositionEmbeddingSine
+from ....modeling.position_encoding import PositionEmbeddingSine
+from ..variant import (
+    CrossAttnMaskFn,
+    DecoderVariant,
+    ExtraQueries,
+    adapt_state_dict,
+    build_decoder_variant,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +43,7 @@ Registry for the transformer decoder of MaskFormer-style heads. Called as
 ``obj(cfg, in_channels, mask_classification)``; returns the prediction dict.
 """
 
-# Hook that may rewrite the cross-attention mask of a layer: called as
-# ``fn(layer_index, attn_mask, (H_l, W_l))`` with attn_mask (B*heads, Q, H_l*W_l) bool and
-# returns a mask of the same shape. Applied before the fully-masked-row rule.
-CrossAttnMaskFn = Callable[[int, torch.Tensor, tuple[int, int]], torch.Tensor]
+QUERY_POS_OPTIONS = ("learned", "none")
 
 
 def build_transformer_decoder(cfg, in_channels: int, mask_classification: bool = True):
@@ -218,10 +220,11 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         pre_norm: pre-norm layers instead of post-norm.
         mask_dim: channels of the mask features.
         enforce_input_project: add a 1x1 projection even when in_channels == hidden_dim.
-        piloting: MP-Former's mask piloting (training only; see ``mp_former.py``), or None.
-            Its only weight is ``piloting.label_enc.weight``.
-        learned_query_pos: learned query positions (``query_embed``); False (MP-Former fork,
-            ``MODEL.MP_FORMER.QUERY_POS: "none"``): no positional embedding for any query.
+        learned_query_pos: learned query positions (``query_embed``); False
+            (``MODEL.MASK_FORMER.QUERY_POS "none"``, as the released MP-Former code): no
+            positional embedding for any query.
+        variant: a training variant (see ``..variant``), e.g. MP-Former's piloting, or None.
+            Its weights are saved under ``variant.``.
     """
 
     _version = 2
@@ -242,8 +245,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         pre_norm: bool,
         mask_dim: int,
         enforce_input_project: bool,
-        piloting: MaskPiloting | None = None,
         learned_query_pos: bool = True,
+        variant: DecoderVariant | None = None,
     ):
         super().__init__()
         self.mask_classification = mask_classification
@@ -282,17 +285,17 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         if mask_classification:
             self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
-        self.piloting = piloting
+        self.variant = variant
 
     @classmethod
     def from_config(cls, cfg, in_channels: int, mask_classification: bool):
         mf = cfg.MODEL.MASK_FORMER
         if mf.DEC_LAYERS < 1:
             raise ValueError(f"MODEL.MASK_FORMER.DEC_LAYERS must be >= 1, got {mf.DEC_LAYERS}")
-        query_pos = cfg.MODEL.MP_FORMER.QUERY_POS
-        if query_pos not in ("learned", "none"):
+        if mf.QUERY_POS not in QUERY_POS_OPTIONS:
             raise ValueError(
-                f"MODEL.MP_FORMER.QUERY_POS must be 'learned' or 'none', got {query_pos!r}"
+                f"MODEL.MASK_FORMER.QUERY_POS must be one of {QUERY_POS_OPTIONS}, "
+                f"got {mf.QUERY_POS!r}"
             )
         return {
             "in_channels": in_channels,
@@ -308,8 +311,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             "pre_norm": mf.PRE_NORM,
             "enforce_input_project": mf.ENFORCE_INPUT_PROJ,
             "mask_dim": cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
-            "piloting": build_mask_piloting(cfg),
-            "learned_query_pos": query_pos == "learned",
+            "learned_query_pos": mf.QUERY_POS == "learned",
+            "variant": build_decoder_variant(cfg),
         }
 
     def _load_from_state_dict(
@@ -326,12 +329,10 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                     f"Renamed {renamed} legacy keys of {type(self).__name__} "
                     "(static_query -> query_feat)."
                 )
-        adapt_mp_former_keys(
-            state_dict,
-            prefix,
-            with_piloting=self.piloting is not None,
-            with_query_embed=self.query_embed is not None,
-        )
+        adapt_state_dict(self, state_dict, prefix)
+        embed_key = prefix + "query_embed.weight"
+        if self.query_embed is None and state_dict.pop(embed_key, None) is not None:
+            logger.info(f"Dropped {embed_key}: MODEL.MASK_FORMER.QUERY_POS is 'none'.")
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
@@ -349,24 +350,64 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             mask_features: (B, MASK_DIM, H/4, W/4).
             mask: ignored (padded pixels are attended, as in the official model).
             targets: training targets (per image "labels" (n,), "masks" (n, H, W)); used only
-                by MP-Former's piloting, in training.
+                by the variant, in training.
 
         Returns:
             ``pred_logits`` (B, Q, K+1) (with mask_classification), ``pred_masks``
             (B, Q, H/4, W/4) of the last prediction point, and ``aux_outputs``: the earlier
-            prediction points (``dec_layers`` dicts, the first is before layer 0). With
-            piloting in training also ``mp_outputs``: the same for the P MP slots plus
-            "indices" and "num_groups" (or ``{"skipped": True, "zero": ...}``).
+            prediction points (``dec_layers`` dicts, the first is before layer 0). With a
+            variant in training also ``outputs[variant.output_key]``: the same for its E extra
+            queries plus the entries of :attr:`ExtraQueries.info` (or the variant's
+            ``empty_outputs()`` when it adds none).
         """
         del mask
         memory = self._prepare_memory(x)
         output, query_pos = self.initial_queries(mask_features.shape[0])
-        if self.piloting is not None and self.training and targets is not None:
-            return self.piloting.forward_decoder(
-                self, output, query_pos, memory, mask_features, targets
-            )
-        predictions_class, predictions_mask = self.decode(output, query_pos, memory, mask_features)
-        return self.format_outputs(predictions_class, predictions_mask)
+        if self.variant is None or not self.training or targets is None:
+            return self.format_outputs(*self.decode(output, query_pos, memory, mask_features))
+        extra = self.variant.extra_queries(targets, memory.sizes, self.num_queries)
+        if extra is None:
+            out = self.format_outputs(*self.decode(output, query_pos, memory, mask_features))
+            out[self.variant.output_key] = self.variant.empty_outputs()
+            return out
+        return self._decode_with_extra(output, query_pos, memory, mask_features, extra)
+
+    def _decode_with_extra(
+        self,
+        output: torch.Tensor,
+        query_pos: torch.Tensor | None,
+        memory: DecoderMemory,
+        mask_features: torch.Tensor,
+        extra: ExtraQueries,
+    ) -> dict:
+        """Decode the E extra queries before the Q learned ones; split the predictions."""
+        e = extra.num
+        output = torch.cat([extra.content.to(output.dtype), output])  # (E+Q, B, C)
+        if query_pos is not None or extra.pos is not None:
+            extra_pos = torch.zeros_like(extra.content) if extra.pos is None else extra.pos
+            if query_pos is None:
+                query_pos = torch.zeros_like(output[e:])  # (Q, B, C)
+            query_pos = torch.cat([extra_pos.to(query_pos.dtype), query_pos])  # (E+Q, B, C)
+        predictions_class, predictions_mask = self.decode(
+            output,
+            query_pos,
+            memory,
+            mask_features,
+            self_attn_mask=extra.self_attn_mask,
+            cross_attn_mask_fn=extra.cross_attn_mask_fn,
+        )
+
+        def split(predictions, part):  # per point (B, E+Q, ...) -> (B, Q, ...) or (B, E, ...)
+            return [None if p is None else p[:, part] for p in predictions]
+
+        out = self.format_outputs(
+            split(predictions_class, slice(e, None)), split(predictions_mask, slice(e, None))
+        )
+        extra_out = self.format_outputs(
+            split(predictions_class, slice(None, e)), split(predictions_mask, slice(None, e))
+        )
+        out[self.variant.output_key] = {**extra_out, **extra.info}
+        return out
 
     def _prepare_memory(self, x: list[torch.Tensor]) -> DecoderMemory:
         if len(x) != self.num_feature_levels:

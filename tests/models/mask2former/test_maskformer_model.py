@@ -8,7 +8,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, ImageList, Instances
 
 from mask2former import add_maskformer2_config
-from mask2former.maskformer_model import MaskFormer
+from mask2former.modeling.inference import PostProcessor
 
 NUM_CLASSES = 4
 
@@ -71,10 +71,8 @@ def _train_input(h, w, num_instances, seed, bitmasks=True):
 def model():
     torch.manual_seed(0)
     model = build_model(_tiny_cfg(SEMANTIC_ON=True, PANOPTIC_ON=True, INSTANCE_ON=True))
-    # Classes 0-3 are all things (dataset ids 1-4); panoptic models keep only thing instances.
-    model.metadata = Metadata(
-        name="tiny", thing_dataset_id_to_contiguous_id={1: 0, 2: 1, 3: 2, 4: 3}
-    )
+    # Classes 0-3 are all things; panoptic models keep only thing instances.
+    model.postprocessor.thing_ids = [0, 1, 2, 3]
     return model
 
 
@@ -139,12 +137,12 @@ def test_inference_outputs_at_requested_size(model):
 @torch.no_grad()
 def test_instance_inference_keeps_only_things_when_panoptic(model):
     model.eval()
-    metadata = model.metadata
-    model.metadata = Metadata(name="tiny_stuff", thing_dataset_id_to_contiguous_id={})
+    thing_ids = model.postprocessor.thing_ids
+    model.postprocessor.thing_ids = []
     try:
         (res,) = model([{"image": _image(64, 64, 12)}])
     finally:
-        model.metadata = metadata
+        model.postprocessor.thing_ids = thing_ids
     assert len(res["instances"]) == 0
     assert not any(s["isthing"] for s in res["panoptic_seg"][1])
 
@@ -170,23 +168,31 @@ def test_inference_does_not_depend_on_batch_mates(model):
 def test_postprocess_after_inference_for_semantic_only():
     torch.manual_seed(0)
     model = build_model(_tiny_cfg(SEMANTIC_ON=True, PANOPTIC_ON=False, INSTANCE_ON=False))
-    assert not model.sem_seg_postprocess_before_inference
+    assert not model.postprocessor.sem_seg_postprocess_before_inference
     model.eval()
     (res,) = model([{"image": _image(40, 56, 11), "height": 80, "width": 112}])
     assert set(res) == {"sem_seg"}
     assert res["sem_seg"].shape == (NUM_CLASSES, 80, 112)
 
 
-def test_semantic_off_requires_postprocess_before_inference(model):
-    kwargs = dict(
-        backbone=model.backbone, sem_seg_head=model.sem_seg_head, criterion=model.criterion,
-        num_queries=8, object_mask_threshold=0.8, overlap_threshold=0.8, metadata=None,
-        size_divisibility=32, pixel_mean=[0.0, 0.0, 0.0], pixel_std=[1.0, 1.0, 1.0],
-        semantic_on=False, panoptic_on=True, instance_on=False, test_topk_per_image=5,
+def test_postprocessor_tasks_and_resize_rule():
+    assert PostProcessor(num_classes=3, tasks=["panoptic"]).sem_seg_postprocess_before_inference
+    semantic = PostProcessor(num_classes=3, tasks=["semantic"])
+    assert not semantic.sem_seg_postprocess_before_inference
+    assert PostProcessor(num_classes=3, tasks=["instance", "semantic"]).tasks == (
+        "semantic", "instance",
     )
-    with pytest.raises(ValueError, match="sem_seg_postprocess_before_inference"):
-        MaskFormer(sem_seg_postprocess_before_inference=False, **kwargs)
-    MaskFormer(sem_seg_postprocess_before_inference=True, **kwargs)
+    with pytest.raises(ValueError, match="tasks"):
+        PostProcessor(num_classes=3, tasks=[])
+    with pytest.raises(ValueError, match="tasks"):
+        PostProcessor(num_classes=3, tasks=["depth"])
+
+
+def test_postprocessor_from_config_reads_thing_ids():
+    metadata = Metadata(name="tiny_things", thing_dataset_id_to_contiguous_id={7: 1, 9: 3})
+    post = PostProcessor.from_config(_tiny_cfg(PANOPTIC_ON=True), metadata)
+    assert post.thing_ids == [1, 3] and "panoptic" in post.tasks
+    assert PostProcessor.from_config(_tiny_cfg(PANOPTIC_ON=True), None).thing_ids == []
 
 
 def test_state_dict_layout(model):

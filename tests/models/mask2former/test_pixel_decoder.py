@@ -9,8 +9,8 @@ from detectron2.layers import ShapeSpec
 
 from mask2former import add_maskformer2_config
 from mask2former.layers import MSDeformAttn
-from mask2former.modeling import build_pixel_decoder
-from mask2former.modeling.pixel_decoder.position_encoding import PositionEmbeddingSine
+from mask2former.modeling.position_encoding import PositionEmbeddingSine
+from mask2former.models.mask2former import build_pixel_decoder
 
 CHANNELS = {"res2": 8, "res3": 16, "res4": 24, "res5": 32}
 INPUT_SHAPE = {k: ShapeSpec(channels=c, stride=2 ** int(k[-1])) for k, c in CHANNELS.items()}

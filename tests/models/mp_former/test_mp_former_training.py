@@ -16,12 +16,12 @@ from detectron2.structures import Instances
 from mask2former import add_maskformer2_config
 from mask2former.modeling.criterion import SetCriterion, calculate_uncertainty
 from mask2former.modeling.matcher import HungarianMatcher
-from mask2former.modeling.mp_former import MaskPilotingLoss, mp_loss_names
+from mask2former.models.mp_former import MaskPilotingLoss, mp_loss_names
 
 B, K, C, HEADS = 2, 3, 16, 4
 MASK_HW = (10, 12)  # 1/4 of the input
 INPUT_HW = (40, 48)  # padded input size of the GT masks
-CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_ROOT = Path(__file__).resolve().parents[3] / "configs"
 
 
 def box_mask(y0, y1, x0, x1):
@@ -82,8 +82,8 @@ def test_mp_losses_use_the_fixed_assignment(num_groups):
     assert not torch.equal(hungarian[0][1][torch.argsort(hungarian[0][0])][:2],
                            outputs["indices"][0][1][:2])  # Hungarian would pick differently
 
-    loss = MaskPilotingLoss(loss_names=mp_loss_names(["loss_ce", "loss_mask", "loss_dice"], 0,
-                                                     True))
+    names = mp_loss_names(["loss_ce", "loss_mask", "loss_dice"], 0, True)
+    loss = MaskPilotingLoss(weight_dict=dict.fromkeys(names, 1.0))
     torch.manual_seed(0)
     losses = loss(criterion, outputs, targets)
     assert set(losses) == {"loss_ce_mp", "loss_mask_mp", "loss_dice_mp"}
@@ -124,17 +124,19 @@ def test_class_loss_off_and_skipped_batch():
     criterion = make_criterion()
     outputs, targets = swapped_case()
     outputs["aux_outputs"] = [dict(outputs), dict(outputs)]
-    losses = MaskPilotingLoss(loss_names=names, class_loss=False)(criterion, outputs, targets)
+    loss = MaskPilotingLoss(weight_dict=dict.fromkeys(names, 1.0), class_loss=False)
+    losses = loss(criterion, outputs, targets)
     assert set(losses) == set(names)
     # Without deep supervision only the final point is computed.
     final = mp_loss_names(["loss_ce", "loss_mask", "loss_dice"], 0, class_loss=True)
-    assert set(MaskPilotingLoss(loss_names=final)(criterion, outputs, targets)) == set(final)
+    final_loss = MaskPilotingLoss(weight_dict=dict.fromkeys(final, 1.0))
+    assert set(final_loss(criterion, outputs, targets)) == set(final)
 
     weight = torch.ones(K, C, requires_grad=True)
     skipped = {"skipped": True, "zero": weight.sum() * 0.0}
     empty = [{"labels": torch.zeros(0, dtype=torch.int64),
               "masks": torch.zeros(0, *INPUT_HW)}] * 2
-    losses = MaskPilotingLoss(loss_names=names)(criterion, skipped, empty)
+    losses = MaskPilotingLoss(weight_dict=dict.fromkeys(names, 1.0))(criterion, skipped, empty)
     assert set(losses) == set(names) and all(v.item() == 0 for v in losses.values())
     sum(losses.values()).backward()
     assert weight.grad is not None and not weight.grad.any()
@@ -169,8 +171,8 @@ def model_cfg(mp=True, dec_layers=3, **mp_keys):
     mf.CLASS_WEIGHT, mf.MASK_WEIGHT, mf.DICE_WEIGHT = 2.0, 5.0, 5.0
     mf.TEST.SEMANTIC_ON, mf.TEST.INSTANCE_ON, mf.TEST.PANOPTIC_ON = True, True, False
     cfg.MODEL.MP_FORMER.ENABLED = mp
-    for key, value in mp_keys.items():
-        setattr(cfg.MODEL.MP_FORMER, key, value)
+    for key, value in mp_keys.items():  # QUERY_POS is a decoder key
+        setattr(mf if key == "QUERY_POS" else cfg.MODEL.MP_FORMER, key, value)
     return cfg
 
 
@@ -205,7 +207,7 @@ def test_model_training_with_empty_images(counts):
         assert all(v.item() > 0 for v in mp_losses)
     model.zero_grad()
     sum(losses.values()).backward()
-    label_enc = model.sem_seg_head.predictor.piloting.label_enc.weight
+    label_enc = model.sem_seg_head.predictor.variant.label_enc.weight
     assert label_enc.grad is not None and torch.isfinite(label_enc.grad).all()
     assert bool(label_enc.grad.any()) == (sum(counts) > 0)
 
@@ -249,8 +251,8 @@ def test_config_defaults_are_off():
     mp = cfg.MODEL.MP_FORMER
     assert (mp.ENABLED, mp.NUM_GROUPS, mp.MASK_NOISE_RATIO, mp.PER_HEAD_NOISE) == (
         False, 1, 0.0, False)
-    assert (mp.LABEL_NOISE_RATIO, mp.PILOT_ALL_LAYERS, mp.CLASS_LOSS, mp.QUERY_POS) == (
-        0.2, True, True, "learned")
+    assert (mp.LABEL_NOISE_RATIO, mp.PILOT_ALL_LAYERS, mp.CLASS_LOSS) == (0.2, True, True)
+    assert cfg.MODEL.MASK_FORMER.QUERY_POS == "learned"  # the official Mask2Former decoder
 
 
 MP_CONFIGS = sorted(str(p.relative_to(CONFIG_ROOT)) for p in CONFIG_ROOT.rglob("mp_former/*.yaml"))
@@ -279,6 +281,9 @@ def test_mp_configs_enable_the_released_recipe(config):
     mp = cfg.MODEL.MP_FORMER
     assert mp.ENABLED and mp.NUM_GROUPS == 1 and mp.MASK_NOISE_RATIO == 0.0
     assert mp.LABEL_NOISE_RATIO == 0.2 and mp.PILOT_ALL_LAYERS and mp.CLASS_LOSS
+    # The released code trains without query positions; *_learned_qpos.yaml keeps them.
+    expected_pos = "learned" if config.endswith("_learned_qpos.yaml") else "none"
+    assert cfg.MODEL.MASK_FORMER.QUERY_POS == expected_pos
     schedules = {"12ep": (88500, (73750, 81125)), "24ep": (177000, (162250, 169625)),
                  "36ep": (265500, (245000, 260000)), "50ep": (368750, (327778, 355092)),
                  "160k": (160000, (135000, 150000)), "80k": (80000, (67500, 75000)),
