@@ -18,8 +18,8 @@ from detectron2.modeling import build_model
 from PIL import Image
 from pycocotools.coco import COCO
 
+from mask2former.config import load_config
 from mask2former.data.utils import rgb2id
-from mask2former.engine.defaults import load_config
 
 from tiny_model import NO_THRESHOLDS, PANOPTIC_CONFIG, ROOT, TINY
 

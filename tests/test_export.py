@@ -9,7 +9,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from mask2former.engine.defaults import load_config
+from mask2former.config import load_config
 from mask2former.export import (
     export_onnx,
     export_torch,

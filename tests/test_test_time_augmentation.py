@@ -6,7 +6,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from mask2former.engine.defaults import load_config
+from mask2former.config import load_config
 from mask2former.test_time_augmentation import MaskFormerWithTTA
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

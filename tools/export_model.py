@@ -24,7 +24,7 @@ import torch
 from detectron2.modeling import build_model
 
 import mask2former  # noqa: F401  (registers the model components)
-from mask2former.engine.defaults import UnknownConfigKeyError, adjust_for_device, load_config
+from mask2former.config import UnknownConfigKeyError, adjust_for_device, load_config
 from mask2former.export import export_onnx, export_torch, run_onnx
 from mask2former.modeling.inference import InferenceNetwork
 from mask2former.predictor import load_weights

@@ -10,7 +10,7 @@ import torch
 from detectron2.projects.deeplab import build_lr_scheduler
 from torch import nn
 
-from mask2former.engine.defaults import load_config
+from mask2former.config import load_config
 from mask2former.engine.optimizer import build_optimizer
 from mask2former.utils.checkpoint import SafeCheckpointer, load_pickle_safely
 

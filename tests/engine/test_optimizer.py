@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from mask2former.engine.defaults import load_config
+from mask2former.config import load_config
 from mask2former.engine.optimizer import build_optimizer
 
 

@@ -16,9 +16,9 @@ import pytest
 import torch
 from detectron2.utils.env import seed_all_rng
 
+from mask2former.config import load_config
 from mask2former.data.datasets.register_synthetic import register_all_synthetic
 from mask2former.data.synthetic import generate_synthetic_dataset
-from mask2former.engine.defaults import load_config
 from mask2former.engine.trainer import Trainer
 
 pytestmark = pytest.mark.slow

@@ -14,9 +14,9 @@ from detectron2.engine import SimpleTrainer, hooks
 from detectron2.utils import comm
 
 import mask2former.engine.trainer as trainer_module
+from mask2former.config import load_config
 from mask2former.data.datasets.register_synthetic import register_all_synthetic
 from mask2former.data.synthetic import generate_synthetic_dataset
-from mask2former.engine.defaults import load_config
 from mask2former.engine.trainer import Trainer
 from mask2former.utils.checkpoint import SafeCheckpointer
 

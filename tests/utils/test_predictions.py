@@ -20,10 +20,10 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from mask2former.config import load_config
 from mask2former.data.datasets.register_synthetic import register_all_synthetic
 from mask2former.data.synthetic import generate_synthetic_dataset
 from mask2former.data.utils import read_label_map, rgb2id
-from mask2former.engine.defaults import load_config
 from mask2former.evaluation import build_evaluator
 from mask2former.evaluation.sem_seg_loading import load_sem_seg_labels
 from mask2former.utils.predictions import PredictionWriter
