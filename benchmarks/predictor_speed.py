@@ -37,7 +37,7 @@ import mask2former  # noqa: F401  (registers the model components)
 from mask2former.engine.defaults import load_config
 from mask2former.export import export_onnx, load_onnx, run_onnx
 from mask2former.layers import active_impl_of
-from mask2former.modeling.inference import InferenceNetwork
+from mask2former.modeling.inference import InferenceNetwork, normalize_and_pad
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from inference_speed import _cpu_name  # noqa: E402
@@ -135,7 +135,7 @@ def main(argv=None) -> dict:
     model = build_model(cfg).eval()
     generator = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (3, args.height, args.width), generator=generator).float()
-    images = ((image - model.pixel_mean) / model.pixel_std)[None]  # (1, 3, H, W)
+    images = normalize_and_pad([image], model.pixel_mean, model.pixel_std).tensor  # (1, 3, H, W)
 
     load_before = os.getloadavg()[0]
     timings = benchmark(model, images, args.backends, args.warmup, args.runs, threads)

@@ -26,7 +26,7 @@ from detectron2.modeling import build_model
 import mask2former  # noqa: F401  (registers the model components)
 from mask2former.config import UnknownConfigKeyError, adjust_for_device, load_config
 from mask2former.export import export_onnx, export_torch, run_onnx
-from mask2former.modeling.inference import InferenceNetwork
+from mask2former.modeling.inference import InferenceNetwork, round_up_to_divisor
 from mask2former.predictor import load_weights
 
 logger = logging.getLogger("mask2former.export_model")
@@ -51,10 +51,6 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _round_up(value: int, divisor: int) -> int:
-    return -(-value // divisor) * divisor
-
-
 def build_eval_model(cfg) -> torch.nn.Module:
     """The config's model in eval mode, with ``MODEL.WEIGHTS`` loaded when set."""
     model = build_model(cfg).eval()
@@ -76,9 +72,8 @@ def export_and_check(args) -> dict:
     for note in adjust_for_device(cfg):
         logger.warning(note)
     model = build_eval_model(cfg)
-    divisor = max(int(model.size_divisibility), 1)
-    height = args.height or _round_up(cfg.INPUT.MIN_SIZE_TEST, divisor)
-    width = args.width or _round_up(cfg.INPUT.MIN_SIZE_TEST, divisor)
+    side = round_up_to_divisor([cfg.INPUT.MIN_SIZE_TEST], model.size_divisibility)[0]
+    height, width = args.height or side, args.width or side
 
     generator = torch.Generator().manual_seed(1)
     images = torch.randn((args.batch_size, 3, height, width), generator=generator)  # (B,3,H,W)
