@@ -11,3 +11,6 @@ from . import (
     models,  # noqa: F401  (registers every model family's components)
 )
 from .config import add_maskformer2_config  # noqa: F401
+from .models.fastinst.config import add_fastinst_config  # noqa: F401
+from .models.segvit.config import add_segvit_config  # noqa: F401
+from .models.transfiner.config import add_transfiner_config  # noqa: F401

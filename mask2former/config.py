@@ -17,7 +17,10 @@ from detectron2.config import CfgNode as CN
 from detectron2.projects.deeplab import add_deeplab_config
 
 from .layers.ms_deform_attn_dispatch import default_impl
+from .models.fastinst.config import add_fastinst_config
 from .models.mp_former.config import add_mp_former_config
+from .models.segvit.config import add_segvit_config
+from .models.transfiner.config import add_transfiner_config
 
 __all__ = ["UnknownConfigKeyError", "add_maskformer2_config", "adjust_for_device", "load_config"]
 
@@ -145,6 +148,9 @@ def add_maskformer2_config(cfg: CN) -> None:
     cfg.MODEL.WEIGHTS_ALLOW_SHAPE_MISMATCH = False
 
     add_mp_former_config(cfg)
+    add_fastinst_config(cfg)
+    add_segvit_config(cfg)
+    add_transfiner_config(cfg)
 
 
 _BASE_KEY = "_BASE_"

@@ -86,6 +86,8 @@ class Predictor:
     Args:
         model: a model that meets the inference contract
             (:class:`~mask2former.modeling.inference.InferenceModel`); put in eval mode here.
+            A Detectron2 model without ``forward_network`` (an R-CNN family) runs its own eval
+            forward on the resized images instead (no ``compile`` then).
         resize: the test-time resize (``ResizeShortestEdge``), or None to keep the input size.
         input_format: channel order the model expects ("RGB" or "BGR", ``INPUT.FORMAT``).
         batch_size: images per forward pass.
@@ -115,7 +117,13 @@ class Predictor:
         self.input_format = input_format
         self.batch_size = batch_size
         self.dtype = _as_dtype(dtype)
-        self.network = InferenceNetwork(self.model).eval()
+        # Models without the contract's network (e.g. R-CNN families) run their own eval forward.
+        self.network = (
+            InferenceNetwork(self.model).eval() if hasattr(model, "forward_network") else None
+        )
+        if compile and self.network is None:
+            raise ValueError(f"compile needs a model with forward_network; {type(model).__name__}"
+                             " has none")
         self._forward = torch.compile(self.network) if compile else self.network
 
     @classmethod
@@ -195,6 +203,9 @@ class Predictor:
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
     def _run_batch(self, inputs: list[dict]) -> list[dict]:
+        if self.network is None:
+            with self._autocast():
+                return self.model(inputs)
         images = normalize_and_pad(
             [x["image"] for x in inputs],
             self.model.pixel_mean,

@@ -119,3 +119,32 @@ def test_onnx_and_torch_export_match_eager(toy, image, tmp_path):
     _assert_same(result, eager, atol=1e-4)
     with pytest.raises(ValueError, match="multiple of the model's size divisibility"):
         export_torch(toy, height=50, width=64)
+
+
+class OwnForwardFamily(nn.Module):
+    """A family without the contract's network (as an R-CNN): its eval forward returns
+    results itself; the Predictor still resizes, batches and calls it."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("pixel_mean", torch.zeros(3, 1, 1))
+        self.size_divisibility = 32
+        self.calls = []
+
+    def forward(self, batched_inputs):
+        self.calls.append(len(batched_inputs))
+        return [{"sem_seg": x["image"].mean(0, keepdim=True), "size": (x["height"], x["width"])}
+                for x in batched_inputs]
+
+
+def test_predictor_runs_a_model_with_its_own_eval_forward(image):
+    from detectron2.data import transforms as T
+
+    model = OwnForwardFamily()
+    predictor = Predictor(model=model, resize=T.ResizeShortestEdge([20, 20], 100),
+                          input_format="RGB", batch_size=2)
+    a, b = predictor([image, image])
+    assert model.calls == [2] and a["size"] == (40, 52)  # results at the input size
+    assert a["sem_seg"].shape[-2:] == (20, 26)  # the model saw the resized image
+    with pytest.raises(ValueError, match="forward_network"):
+        Predictor(model=model, resize=None, input_format="RGB", compile=True)

@@ -6,4 +6,4 @@
   and criterion.
 """
 
-from . import mask2former, mp_former  # noqa: F401
+from . import fastinst, mask2former, mp_former, segvit, transfiner  # noqa: F401

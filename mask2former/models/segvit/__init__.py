@@ -1,0 +1,3 @@
+"""segvit model family (work in progress)."""
+
+from .config import add_segvit_config  # noqa: F401
