@@ -8,8 +8,10 @@ Examples::
     python train_net.py --config-file <config>.yaml --resume            # continue a run
     python train_net.py --config-file <config>.yaml --eval-only MODEL.WEIGHTS <file.pth|.pkl>
 
-``--num-gpus N`` starts N processes (on the CPU with the gloo backend when MODEL.DEVICE is cpu
-or CUDA is absent). ``--eval-only`` also runs test-time augmentation when TEST.AUG.ENABLED.
+Datasets declared in the config (``DATASETS.CUSTOM``) are registered and their files checked
+before anything is built. ``--num-gpus N`` starts N processes (on the CPU with the gloo backend
+when MODEL.DEVICE is cpu or CUDA is absent). ``--eval-only`` also runs test-time augmentation
+when TEST.AUG.ENABLED.
 """
 
 import logging
@@ -21,6 +23,7 @@ from detectron2.utils import comm
 
 import mask2former  # noqa: F401  (registers models, datasets and mappers)
 from mask2former.data.checks import check_dataset_config
+from mask2former.data.declared import register_declared_datasets
 from mask2former.engine.defaults import load_config, setup
 from mask2former.engine.trainer import Trainer
 from mask2former.utils.checkpoint import SafeCheckpointer
@@ -30,7 +33,8 @@ logger = logging.getLogger("mask2former.train_net")
 
 def main(args):
     cfg = setup(args)
-    check_dataset_config(cfg)  # fail early, with a clear message, on unfit datasets
+    register_declared_datasets(cfg)  # DATASETS.CUSTOM, in every worker process
+    check_dataset_config(cfg)  # fail early, with a clear message, on unfit datasets and files
 
     if args.eval_only:
         model = Trainer.build_model(cfg)

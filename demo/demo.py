@@ -14,6 +14,8 @@ every selected task (``--task``, default: those the config switches on) side by 
 shows the first. ``--save-predictions`` also writes, under ``<output>/predictions/``, COCO
 instance results (``instances.json``, RLE masks), COCO panoptic predictions (``panoptic.json``
 + ``panoptic/*.png``) and semantic label maps (``semantic/*.png``), in dataset category ids.
+Class names and colours are those of ``DATASETS.TEST[0]``, which the config may declare itself
+(``DATASETS.CUSTOM``, registered when the config is loaded).
 """
 
 import argparse

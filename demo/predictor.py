@@ -1,5 +1,6 @@
 """Run a Mask2Former model on images or video frames and draw what it predicts."""
 
+import logging
 from collections.abc import Iterator, Sequence
 
 import cv2
@@ -17,6 +18,8 @@ TASK_NAMES = {
     "semantic": ("sem_seg", "SEMANTIC_ON"),
 }
 _TITLES = {key: name for name, (key, _) in TASK_NAMES.items()}
+
+logger = logging.getLogger("mask2former.demo")
 
 
 def select_tasks(cfg: CfgNode, tasks: Sequence[str] | None) -> tuple[str, ...]:
@@ -58,10 +61,12 @@ class VisualizationDemo:
         cfg = cfg.clone()
         cfg.defrost()
         self.tasks = select_tasks(cfg, tasks)
-        self.metadata = MetadataCatalog.get(
-            cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
-        )
+        # Registers the datasets declared in DATASETS.CUSTOM, whose metadata is drawn.
         self.predictor = Predictor.from_config(cfg, batch_size=batch_size)
+        metadata = self.predictor.metadata
+        self.metadata = metadata if metadata is not None else MetadataCatalog.get("__unused")
+        classes = self.metadata.get("stuff_classes") or self.metadata.get("thing_classes")
+        logger.info("Drawing with the classes of dataset '%s': %s", self.metadata.name, classes)
         self.input_format = cfg.INPUT.FORMAT
         self.confidence_threshold = confidence_threshold
 

@@ -43,6 +43,8 @@ def add_maskformer2_config(cfg: CN) -> None:
     cfg.INPUT.IMAGE_SIZE = 1024
     cfg.INPUT.MIN_SCALE = 0.1
     cfg.INPUT.MAX_SCALE = 2.0
+    # Your own datasets, {name: {FORMAT, IMAGE_ROOT, JSON_FILE, ...}}: see data/declared.py.
+    cfg.DATASETS.CUSTOM = CN(new_allowed=True)
 
     # ---------------------------------------------------------------- solver
     # Weight decay of embeddings (nn.Embedding: query features, query positions, level embeds).
@@ -225,13 +227,29 @@ def load_config(config_file: str = "", opts: Sequence[str] = ()) -> CfgNode:
     opts = list(opts or [])
     if len(opts) % 2:
         raise ValueError(f"Config overrides must be KEY VALUE pairs; got an odd list: {opts}")
+    known = []
     for key, value in zip(opts[0::2], opts[1::2]):
+        if _declares_dataset(cfg, key):
+            continue  # set below, once the known keys are merged
         if not _has_key(cfg, key):
             raise UnknownConfigKeyError(
                 f"Unknown config key '{key}' in the command-line override '{key} {value}'."
             )
-    cfg.merge_from_list(opts)
+        known += [key, value]
+    cfg.merge_from_list(known)
+    for key, value in zip(opts[0::2], opts[1::2]):
+        if _declares_dataset(cfg, key):
+            _, _, name, field = key.split(".")
+            node = cfg.DATASETS.CUSTOM.setdefault(name, CN(new_allowed=True))
+            node[field] = CN._decode_cfg_value(value)
     return cfg
+
+
+def _declares_dataset(cfg: CfgNode, key: str) -> bool:
+    """Whether override ``key`` is a field of a dataset declared on the command line:
+    ``DATASETS.CUSTOM.<name>.<FIELD>`` (new names are allowed there, unlike elsewhere)."""
+    parts = key.split(".")
+    return len(parts) == 4 and parts[:2] == ["DATASETS", "CUSTOM"] and not _has_key(cfg, key)
 
 
 def adjust_for_device(cfg: CfgNode) -> list[str]:

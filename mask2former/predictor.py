@@ -27,11 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 from detectron2.config import CfgNode
+from detectron2.data import Metadata, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from torch import nn
 
 from .config import adjust_for_device, load_config
+from .data.declared import register_declared_datasets
 from .data.utils import read_image_checked
 from .modeling.inference import InferenceNetwork, normalize_and_pad, round_up_to_divisor
 from .utils.checkpoint import SafeCheckpointer
@@ -96,6 +98,9 @@ class Predictor:
             deformable-attention pixel decoder stays float32). Post-processing is float32.
         compile: ``torch.compile`` the network (backbone, pixel and transformer decoders).
             The first call at each new input size compiles (slow); later calls are fast.
+        metadata: the dataset's metadata (class names, colours, id maps), kept as
+            ``self.metadata`` for drawing and writing results; :meth:`from_config` takes that
+            of ``DATASETS.TEST[0]`` (declared in ``DATASETS.CUSTOM`` or registered).
     """
 
     def __init__(
@@ -107,12 +112,14 @@ class Predictor:
         batch_size: int = 1,
         dtype: torch.dtype | str | None = None,
         compile: bool = False,
+        metadata: Metadata | None = None,
     ):
         if input_format not in _FORMATS:
             raise ValueError(f"input_format must be one of {_FORMATS}, got {input_format!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.eval()
+        self.metadata = metadata
         self.resize = resize
         self.input_format = input_format
         self.batch_size = batch_size
@@ -134,7 +141,11 @@ class Predictor:
         keep the random initialisation). ``kwargs``: ``batch_size``, ``dtype``, ``compile``.
 
         A CUDA ``MODEL.DEVICE`` falls back to the CPU when CUDA is absent (with a warning).
+        Datasets declared in ``DATASETS.CUSTOM`` are registered; the predictor's ``metadata``
+        is that of ``DATASETS.TEST[0]`` (None without one).
         """
+        register_declared_datasets(cfg)
+        metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST else None
         cfg = cfg.clone()
         cfg.defrost()
         for note in adjust_for_device(cfg):
@@ -154,6 +165,7 @@ class Predictor:
         if cfg.INPUT.MIN_SIZE_TEST > 0:
             min_size = cfg.INPUT.MIN_SIZE_TEST
             resize = T.ResizeShortestEdge([min_size, min_size], cfg.INPUT.MAX_SIZE_TEST)
+        kwargs.setdefault("metadata", metadata)
         return cls(model=model, resize=resize, input_format=cfg.INPUT.FORMAT, **kwargs)
 
     @classmethod

@@ -1,10 +1,13 @@
-"""Check, before training, that the config's class count and mapper fit the training datasets."""
+"""Check, before training, that the config's class count and mapper fit the training datasets,
+and that the files of the datasets declared in the config (``DATASETS.CUSTOM``) are sound."""
 
 from __future__ import annotations
 
 import logging
 
 from detectron2.data import MetadataCatalog
+
+from .file_checks import check_declared_files
 
 __all__ = ["check_dataset_config", "dataset_tasks"]
 
@@ -37,6 +40,12 @@ def dataset_tasks(meta) -> set[str]:
     return tasks
 
 
+def _source(meta) -> str:
+    """Where a declared dataset's classes come from (a file or a config key), for messages."""
+    source = meta.get("classes_from")
+    return f", classes from '{source}'" if source else ""
+
+
 def check_dataset_config(cfg) -> None:
     """Raise ValueError if ``cfg`` does not fit its training datasets.
 
@@ -46,7 +55,10 @@ def check_dataset_config(cfg) -> None:
       instance mappers;
     - ``cfg.INPUT.DATASET_MAPPER_NAME`` fits the annotations (panoptic mappers need panoptic
       annotations, instance mappers instance annotations, the semantic mapper label maps).
-    All problems are reported together, each naming the config key and the dataset.
+    All problems are reported together, each naming the config key and the dataset (and, for a
+    dataset declared in ``DATASETS.CUSTOM``, the file its classes come from). Then the files of
+    the declared datasets in ``DATASETS.TRAIN`` and ``DATASETS.TEST`` are checked
+    (:func:`~mask2former.data.file_checks.check_declared_files`).
     """
     mapper = cfg.INPUT.DATASET_MAPPER_NAME
     if mapper not in _MAPPER_NEEDS:
@@ -71,7 +83,8 @@ def check_dataset_config(cfg) -> None:
         elif len(classes) != num_classes:
             problems.append(
                 f"MODEL.SEM_SEG_HEAD.NUM_CLASSES={num_classes} but dataset '{name}' has "
-                f"{len(classes)} {class_key} (used by INPUT.DATASET_MAPPER_NAME={mapper!r})"
+                f"{len(classes)} {class_key}{_listed(classes)} (used by "
+                f"INPUT.DATASET_MAPPER_NAME={mapper!r}{_source(meta)})"
             )
         tasks = dataset_tasks(meta)
         if not tasks:
@@ -83,7 +96,23 @@ def check_dataset_config(cfg) -> None:
             problems.append(
                 f"INPUT.DATASET_MAPPER_NAME={mapper!r} needs {needed_task} annotations, but "
                 f"dataset '{name}' has {sorted(tasks)} "
-                f"(evaluator_type={meta.get('evaluator_type')!r})"
+                f"(evaluator_type={meta.get('evaluator_type')!r}{_declared_files(meta)})"
             )
     if problems:
         raise ValueError("Dataset/config mismatch:\n  - " + "\n  - ".join(problems))
+    check_declared_files(cfg)
+
+
+def _listed(classes, most: int = 20) -> str:
+    """`` [names]`` for a short class list, nothing for a long one."""
+    return f" {list(classes)}" if len(classes) <= most else ""
+
+
+def _declared_files(meta) -> str:
+    """The annotation files of a dataset, for the mapper message."""
+    files = [
+        f"{key}='{meta.get(key)}'"
+        for key in ("json_file", "panoptic_json", "sem_seg_root")
+        if meta.get(key)
+    ]
+    return ", " + ", ".join(files) if files else ""

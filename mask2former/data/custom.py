@@ -30,11 +30,15 @@ _MAX_LISTED = 10  # unmatched files named in an error message
 def _load_json(path: str, required_keys: tuple[str, ...], what: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} '{path}' does not exist")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{what} '{path}' is empty (0 bytes)")
     try:
         with open(path) as f:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{what} '{path}' is not valid JSON: {e}") from e
+    except OSError as e:
+        raise ValueError(f"{what} '{path}' cannot be read: {e}") from e
     if not isinstance(data, dict):
         raise ValueError(f"{what} '{path}' must hold a JSON object, got {type(data).__name__}")
     missing = [k for k in required_keys if k not in data]
@@ -43,6 +47,37 @@ def _load_json(path: str, required_keys: tuple[str, ...], what: str) -> dict:
             f"{what} '{path}' lacks the key(s) {missing} (needs {list(required_keys)})"
         )
     return data
+
+
+def _check_categories(categories: list, path: str, need: tuple[str, ...] = ("id", "name")) -> None:
+    """Every category is a dict with ``need`` and the ids are unique; errors name ``path``."""
+    if not categories:
+        raise ValueError(f"'{path}' lists no categories")
+    seen: set = set()
+    for c in categories:
+        if not isinstance(c, dict) or any(k not in c for k in need):
+            raise ValueError(f"'{path}': every category needs {list(need)}; got {c!r}")
+        if c["id"] in seen:
+            raise ValueError(f"'{path}': category id {c['id']!r} is listed twice")
+        seen.add(c["id"])
+
+
+def _colors(categories: list[dict]) -> list[list[int]] | None:
+    """The RGB "color" of every category, or None when one has none."""
+    if all(isinstance(c.get("color"), (list, tuple)) and len(c["color"]) == 3 for c in categories):
+        return [[int(v) for v in c["color"]] for c in categories]
+    return None
+
+
+def _check_category_ids_used(
+    used: set, known: set, path: str, where: str = "annotations"
+) -> None:
+    unknown = sorted(used - known)
+    if unknown:
+        raise ValueError(
+            f"'{path}': its {where} use category id(s) {unknown} that are not in its "
+            f"categories {sorted(known)}"
+        )
 
 
 def _check_dir(path: str, what: str) -> None:
@@ -62,12 +97,22 @@ def register_coco_instances_dataset(
     """
     data = _load_json(json_file, ("images", "annotations", "categories"), "COCO annotation file")
     _check_dir(image_root, "Image folder")
+    if not data["images"]:
+        raise ValueError(f"COCO annotation file '{json_file}' lists no images")
+    _check_categories(data["categories"], json_file)
     if not data["annotations"]:
         logger.warning(f"Dataset '{name}': '{json_file}' has no annotations")
+    _check_category_ids_used(
+        {a.get("category_id") for a in data["annotations"]},
+        {c["id"] for c in data["categories"]},
+        json_file,
+    )
     categories = sorted(data["categories"], key=lambda c: c["id"])
+    colors = _colors(categories)
     meta = {
         "thing_classes": [c["name"] for c in categories],
         "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(categories)},
+        **({"thing_colors": colors} if colors else {}),
         **(metadata or {}),
     }
     register_coco_instances(name, meta, json_file, image_root)
@@ -129,7 +174,7 @@ def register_semantic_folder(
 
 def register_coco_panoptic_dataset(
     name: str,
-    categories: list[dict],
+    categories: list[dict] | None,
     image_root: str,
     panoptic_root: str,
     panoptic_json: str,
@@ -140,31 +185,40 @@ def register_coco_panoptic_dataset(
 
     Args:
         categories: COCO panoptic categories: dicts with "id", "name", "isthing" and optionally
-            "color"; their order gives the contiguous ids (things and stuff together).
+            "color"; their order gives the contiguous ids (things and stuff together). None:
+            the "categories" of ``panoptic_json``.
         image_root, panoptic_root, panoptic_json: images, panoptic PNGs and their json.
         sem_seg_root: optional semantic PNGs (contiguous ids, 255 ignore), named like the
             panoptic PNGs; needed by semantic evaluation.
-        metadata: extra metadata (e.g. evaluator_type, label_divisor).
+        metadata: extra metadata (e.g. evaluator_type, label_divisor, json_file: a COCO
+            instance json of the things, needed by instance evaluation).
     """
-    data = _load_json(panoptic_json, ("annotations",), "Panoptic annotation file")
+    required = ("annotations",) if categories is not None else ("annotations", "categories")
+    data = _load_json(panoptic_json, required, "Panoptic annotation file")
     _check_dir(image_root, "Image folder")
     _check_dir(panoptic_root, "Panoptic PNG folder")
     if sem_seg_root is not None:
         _check_dir(sem_seg_root, "Semantic label folder")
+    if not data["annotations"]:
+        raise ValueError(f"Panoptic annotation file '{panoptic_json}' has no annotations")
     for ann in data["annotations"]:
         if "file_name" not in ann or "segments_info" not in ann:
             raise ValueError(
                 f"Panoptic annotation file '{panoptic_json}': every annotation needs 'file_name' "
                 f"and 'segments_info'; image_id {ann.get('image_id')!r} lacks one"
             )
-    categories = [{"color": [0, 0, 0], **c} for c in categories]  # colour only for display
-    known = {c["id"] for c in categories}
-    unknown = {s["category_id"] for a in data["annotations"] for s in a["segments_info"]} - known
-    if unknown:
-        raise ValueError(
-            f"Panoptic annotation file '{panoptic_json}' uses category ids {sorted(unknown)} "
-            f"that are not in the given categories {sorted(known)}"
-        )
+    source = panoptic_json if categories is None else "the given categories"
+    if categories is None:
+        categories = data["categories"]
+    _check_categories(categories, source, ("id", "name", "isthing"))
+    colors = _colors(categories) or [[0, 0, 0]] * len(categories)  # colour only for display
+    categories = [dict(c, color=color) for c, color in zip(categories, colors)]
+    _check_category_ids_used(
+        {s["category_id"] for a in data["annotations"] for s in a["segments_info"]},
+        {c["id"] for c in categories},
+        panoptic_json,
+        where="segments_info",
+    )
     meta = panoptic_metadata(categories)
     DatasetCatalog.register(
         name,

@@ -1,4 +1,8 @@
-"""Reading images and label maps with clear errors, and small panoptic-format helpers."""
+"""Reading images and label maps with clear errors, and small panoptic-format helpers.
+
+``rgb2id`` / ``id2rgb`` (COCO panoptic PNG encoding, segment id = R + 256 G + 256^2 B) are
+panopticapi's, re-exported here so that the package and its scripts import them from one place.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import os
 
 import numpy as np
 from detectron2.data import detection_utils
+from panopticapi.utils import id2rgb, rgb2id
 from PIL import Image, UnidentifiedImageError
 
 __all__ = ["read_image_checked", "read_label_map", "rgb2id", "id2rgb", "mask_to_xywh"]
@@ -60,22 +65,6 @@ def read_label_map(path: str, what: str = "Label map") -> np.ndarray:
             "of class ids"
         )
     return label
-
-
-def rgb2id(color: np.ndarray) -> np.ndarray:
-    """COCO panoptic encoding: segment id = R + 256 * G + 256**2 * B, from an (H, W, 3) array."""
-    color = np.asarray(color)
-    if color.ndim == 3:
-        color = color.astype(np.int64)
-        return color[..., 0] + 256 * color[..., 1] + 256 * 256 * color[..., 2]  # (H, W)
-    return int(color[0]) + 256 * int(color[1]) + 256 * 256 * int(color[2])
-
-
-def id2rgb(id_map: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`rgb2id`: (H, W) segment ids -> (H, W, 3) uint8 colours."""
-    id_map = np.asarray(id_map, dtype=np.int64)
-    rgb = np.stack([id_map % 256, (id_map // 256) % 256, (id_map // 256**2) % 256], axis=-1)
-    return rgb.astype(np.uint8)  # (H, W, 3)
 
 
 def mask_to_xywh(mask: np.ndarray) -> list[int]:

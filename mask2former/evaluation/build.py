@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from detectron2.config import CfgNode
@@ -21,6 +22,8 @@ from .sem_seg_loading import load_sem_seg_labels
 
 __all__ = ["PANOPTIC_EVALUATOR_TYPES", "build_evaluator"]
 
+logger = logging.getLogger(__name__)
+
 # Panoptic datasets: each task the model outputs is evaluated (PQ, AP, mIoU).
 PANOPTIC_EVALUATOR_TYPES = (
     "coco_panoptic_seg",
@@ -37,7 +40,10 @@ def build_evaluator(
 
     ``sem_seg``, ``coco``, ``cityscapes_instance`` and ``cityscapes_sem_seg`` get one evaluator;
     the panoptic types (:data:`PANOPTIC_EVALUATOR_TYPES`) get one per task the model outputs
-    (``MODEL.MASK_FORMER.TEST.{PANOPTIC,INSTANCE,SEMANTIC}_ON``), in that order.
+    (``MODEL.MASK_FORMER.TEST.{PANOPTIC,INSTANCE,SEMANTIC}_ON``), in that order. Instance (AP)
+    and semantic (mIoU) evaluation of a panoptic dataset need its ``json_file`` and
+    ``sem_seg_root``; without one that task is skipped with a warning. COCO's evaluator is used
+    for AP when the thing classes come first, :class:`InstanceSegEvaluator` otherwise.
 
     Args:
         cfg: the config (``OUTPUT_DIR`` and ``MODEL.MASK_FORMER.TEST`` are read).
@@ -52,7 +58,8 @@ def build_evaluator(
     """
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
-    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type")
+    metadata = MetadataCatalog.get(dataset_name)
+    evaluator_type = metadata.get("evaluator_type")
     test = cfg.MODEL.MASK_FORMER.TEST
 
     def coco() -> COCOEvaluator:
@@ -81,16 +88,37 @@ def build_evaluator(
         if test.INSTANCE_ON:
             if cityscapes:
                 evaluators.append(CityscapesInstanceEvaluator(dataset_name))
-            elif evaluator_type == "coco_panoptic_seg":
+            elif not metadata.get("json_file"):
+                _skip(dataset_name, "instance (AP)", "json_file", "a COCO instance json")
+            elif evaluator_type == "coco_panoptic_seg" and _things_first(metadata):
                 # COCO's thing classes come first, so their contiguous ids are 0..#things-1.
                 evaluators.append(coco())
             else:
                 evaluators.append(InstanceSegEvaluator(dataset_name, output_dir=output_folder))
         if test.SEMANTIC_ON:
-            evaluators.append(CityscapesSemSegEvaluator(dataset_name) if cityscapes else sem_seg())
+            if cityscapes:
+                evaluators.append(CityscapesSemSegEvaluator(dataset_name))
+            elif not metadata.get("sem_seg_root"):
+                _skip(dataset_name, "semantic (mIoU)", "sem_seg_root", "semantic label PNGs")
+            else:
+                evaluators.append(sem_seg())
     if not evaluators:
         raise NotImplementedError(
             f"No evaluator for dataset {dataset_name} of evaluator_type {evaluator_type!r} "
             "with the enabled MODEL.MASK_FORMER.TEST tasks."
         )
     return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
+
+
+def _things_first(metadata) -> bool:
+    """Whether the thing classes' contiguous ids are 0..#things-1 (as COCOEvaluator needs)."""
+    ids = sorted(metadata.get("thing_dataset_id_to_contiguous_id", {}).values())
+    return ids == list(range(len(ids)))
+
+
+def _skip(dataset_name: str, task: str, key: str, what: str) -> None:
+    logger.warning(
+        "No %s evaluation of panoptic dataset '%s': its metadata has no %s (%s); declare it "
+        "(DATASETS.CUSTOM.%s.%s) to evaluate this task",
+        task, dataset_name, key, what, dataset_name, key.upper(),
+    )

@@ -8,7 +8,7 @@ rebuild numpy arrays and plain containers, so a crafted file cannot run code.
 A checkpoint tensor whose shape differs from the model's raises :class:`ValueError` naming every
 such key with both shapes, unless ``allow_shape_mismatch`` is set (config key
 ``MODEL.WEIGHTS_ALLOW_SHAPE_MISMATCH``, e.g. to fine-tune with another number of classes); then
-Detectron2's behaviour applies: those tensors are skipped with a warning.
+those tensors keep the model's fresh initialisation, named in one warning line.
 """
 
 from __future__ import annotations
@@ -150,9 +150,25 @@ class SafeCheckpointer(DetectionCheckpointer):
                     "Set MODEL.WEIGHTS_ALLOW_SHAPE_MISMATCH True to skip them (e.g. when "
                     "fine-tuning with another number of classes)."
                 )
-            logger.warning("Skipping %d checkpoint tensor(s) that do not fit the model:\n%s",
-                           len(mismatches), lines)
+            logger.warning(
+                "Re-initialised %d tensor(s) whose shape differs from the checkpoint "
+                "(MODEL.WEIGHTS_ALLOW_SHAPE_MISMATCH): %s",
+                len(mismatches),
+                "; ".join(f"{key} {tuple(ckpt)} -> {tuple(model)}"
+                          for key, ckpt, model in mismatches),
+            )
         return super()._load_model(checkpoint)
+
+    def _log_incompatible_keys(self, incompatible) -> None:
+        """Detectron2's report of missing and unexpected keys, without the tensors skipped for
+        their shape: :meth:`_load_model` has named those in one line."""
+        skipped = {key for key, _, _ in incompatible.incorrect_shapes}
+        super()._log_incompatible_keys(
+            incompatible._replace(
+                incorrect_shapes=[],
+                missing_keys=[k for k in incompatible.missing_keys if k not in skipped],
+            )
+        )
 
     def _shape_mismatches(self, state_dict: dict[str, Any]) -> list[tuple[str, tuple, tuple]]:
         """(key, checkpoint shape, model shape) of every tensor that does not fit.

@@ -5,6 +5,12 @@ Category ids are written in the dataset's own ids: the contiguous ids the model 
 mapped back with the metadata's ``thing_dataset_id_to_contiguous_id`` (instances, panoptic
 things) and ``stuff_dataset_id_to_contiguous_id`` (panoptic stuff, semantic labels) when the
 metadata has them; otherwise the contiguous ids are written.
+
+Library functions are used where they exist: Detectron2's ``instances_to_coco_json`` (instance
+results) and panopticapi's ``id2rgb`` (panoptic PNG encoding). Ours: the category-id mapping
+that ``instances_to_coco_json`` leaves to ``COCOEvaluator``, and the panoptic and semantic
+writers (Detectron2 converts panoptic outputs only inside ``COCOPanopticEvaluator.process`` and
+writes semantic results as JSON, not PNG).
 """
 
 from __future__ import annotations
@@ -14,17 +20,18 @@ import logging
 import os
 
 import numpy as np
-import pycocotools.mask as mask_util
 import torch
 from detectron2.data import Metadata
+from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.structures import Instances
+from panopticapi.utils import id2rgb
 from PIL import Image
 
-from ..data.utils import id2rgb, mask_to_xywh
+from ..data.utils import mask_to_xywh
 
 __all__ = [
     "PredictionWriter",
-    "instances_to_coco_results",
+    "instances_to_dataset_results",
     "panoptic_to_coco",
     "sem_seg_to_label_map",
 ]
@@ -37,33 +44,22 @@ def _inverse(metadata: Metadata | None, key: str) -> dict[int, int] | None:
     return {int(v): int(k) for k, v in mapping.items()} if mapping else None
 
 
-def instances_to_coco_results(
+def instances_to_dataset_results(
     instances: Instances, image_id: int, metadata: Metadata | None = None
 ) -> list[dict]:
-    """One COCO result per instance: image_id, category_id, segmentation (RLE, counts as str),
-    bbox [x, y, w, h] (the tight box of the binary mask), score.
+    """COCO results of ``instances`` in the dataset's category ids.
 
-    Instances with an empty mask have no box: they are left out.
+    The results are Detectron2's ``instances_to_coco_json`` (RLE masks, boxes from
+    ``pred_boxes``, scores), which writes the model's contiguous class ids: Detectron2 maps
+    them back to dataset ids later, inside ``COCOEvaluator``. A results file read by
+    ``COCO.loadRes`` needs the dataset ids, so this maps them with the metadata's
+    ``thing_dataset_id_to_contiguous_id`` (when it has one).
     """
+    results = instances_to_coco_json(instances.to("cpu"), image_id)
     to_dataset = _inverse(metadata, "thing_dataset_id_to_contiguous_id")
-    masks = instances.pred_masks.to("cpu").numpy().astype(bool)  # (N, H, W)
-    scores = instances.scores.to("cpu").tolist()
-    classes = instances.pred_classes.to("cpu").tolist()
-    results = []
-    for mask, score, cls in zip(masks, scores, classes):
-        if not mask.any():
-            continue
-        rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
-        rle["counts"] = rle["counts"].decode("ascii")
-        results.append(
-            {
-                "image_id": image_id,
-                "category_id": to_dataset[cls] if to_dataset else int(cls),
-                "segmentation": rle,
-                "bbox": [float(v) for v in mask_to_xywh(mask)],
-                "score": float(score),
-            }
-        )
+    if to_dataset:
+        for result in results:
+            result["category_id"] = to_dataset[result["category_id"]]
     return results
 
 
@@ -176,7 +172,7 @@ class PredictionWriter:
         )
         if "instances" in outputs and "instances" in self.tasks:
             self._has_instances = True
-            self.instances += instances_to_coco_results(
+            self.instances += instances_to_dataset_results(
                 outputs["instances"], image_id, self.metadata
             )
         if "panoptic_seg" in outputs and "panoptic_seg" in self.tasks:
