@@ -8,10 +8,11 @@ import numpy as np
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 
+from mask2former.config import inference_switches
 from mask2former.predictor import Predictor
 from mask2former.utils.visualization import TASKS, draw_prediction, make_grid
 
-# --task name -> (output key, config flag under MODEL.MASK_FORMER.TEST)
+# --task name -> (output key, config flag under the family's inference switches)
 TASK_NAMES = {
     "panoptic": ("panoptic_seg", "PANOPTIC_ON"),
     "instance": ("instances", "INSTANCE_ON"),
@@ -25,7 +26,7 @@ logger = logging.getLogger("mask2former.demo")
 def select_tasks(cfg: CfgNode, tasks: Sequence[str] | None) -> tuple[str, ...]:
     """Switch the config's TEST flags to ``tasks`` ("panoptic", "instance", "semantic"; None:
     leave the config as it is). Returns the output keys predicted, in drawing order."""
-    flags = cfg.MODEL.MASK_FORMER.TEST
+    flags = inference_switches(cfg)
     if tasks:
         unknown = sorted(set(tasks) - set(TASK_NAMES))
         if unknown:
@@ -35,7 +36,8 @@ def select_tasks(cfg: CfgNode, tasks: Sequence[str] | None) -> tuple[str, ...]:
     switched_on = {key for key, flag in TASK_NAMES.values() if flags[flag]}
     keys = tuple(key for key in TASKS if key in switched_on)
     if not keys:
-        raise ValueError("the config switches no task on (MODEL.MASK_FORMER.TEST.*_ON)")
+        raise ValueError("the config switches no task on (MODEL.MASK_FORMER.TEST.*_ON, or the "
+                         "family's own, e.g. MODEL.FASTINST.TEST.*_ON)")
     return keys
 
 

@@ -22,7 +22,17 @@ from .models.mp_former.config import add_mp_former_config
 from .models.segvit.config import add_segvit_config
 from .models.transfiner.config import add_transfiner_config
 
-__all__ = ["UnknownConfigKeyError", "add_maskformer2_config", "adjust_for_device", "load_config"]
+__all__ = [
+    "UnknownConfigKeyError",
+    "add_maskformer2_config",
+    "adjust_for_device",
+    "inference_switches",
+    "load_config",
+]
+
+# Meta-architectures whose inference switches ({SEMANTIC,INSTANCE,PANOPTIC}_ON, thresholds) are
+# not under MODEL.MASK_FORMER.TEST: the node that holds them.
+_INFERENCE_SWITCHES = {"FastInst": ("MODEL", "FASTINST", "TEST")}
 
 
 def add_maskformer2_config(cfg: CN) -> None:
@@ -250,6 +260,16 @@ def _declares_dataset(cfg: CfgNode, key: str) -> bool:
     ``DATASETS.CUSTOM.<name>.<FIELD>`` (new names are allowed there, unlike elsewhere)."""
     parts = key.split(".")
     return len(parts) == 4 and parts[:2] == ["DATASETS", "CUSTOM"] and not _has_key(cfg, key)
+
+
+def inference_switches(cfg: CfgNode) -> CfgNode:
+    """The node with the inference switches of the config's model family:
+    ``MODEL.MASK_FORMER.TEST``, or the family's own (``MODEL.FASTINST.TEST`` for FastInst)."""
+    node = cfg
+    default = ("MODEL", "MASK_FORMER", "TEST")
+    for part in _INFERENCE_SWITCHES.get(cfg.MODEL.META_ARCHITECTURE, default):
+        node = node[part]
+    return node
 
 
 def adjust_for_device(cfg: CfgNode) -> list[str]:

@@ -97,13 +97,13 @@ def postprocess(
 
     Args:
         model: the model the network was taken from (its ``postprocessor``).
-        pred_logits: (B, Q, K+1); pred_masks: (B, Q, H/4, W/4); tensors or numpy arrays.
+        pred_logits: (B, Q, K+1); pred_masks: (B, Q, H/s, W/s); tensors or numpy arrays.
         input_size: (H, W) of the network input.
         image_sizes: per image, the (h, w) of its valid part of the input.
         output_sizes: per image, the (height, width) of the results.
     """
     logits = torch.as_tensor(pred_logits, device=model.pixel_mean.device).float()  # (B, Q, K+1)
-    masks = torch.as_tensor(pred_masks, device=model.pixel_mean.device).float()  # (B, Q, H/4, W/4)
+    masks = torch.as_tensor(pred_masks, device=model.pixel_mean.device).float()  # (B, Q, H/s, W/s)
     with torch.inference_mode():
         return model.postprocessor(
             logits,

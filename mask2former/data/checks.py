@@ -9,7 +9,7 @@ from detectron2.data import MetadataCatalog
 
 from .file_checks import check_declared_files
 
-__all__ = ["check_dataset_config", "dataset_tasks"]
+__all__ = ["check_dataset_config", "dataset_tasks", "register_mapper_needs"]
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +21,13 @@ _MAPPER_NEEDS = {
     "mask_former_instance": ("instance", "thing_classes"),
     "coco_instance_lsj": ("instance", "thing_classes"),
 }
+
+
+
+def register_mapper_needs(name: str, task: str, classes_key: str) -> None:
+    """Record what training mapper ``name`` needs (see ``register_train_mapper``)."""
+    _MAPPER_NEEDS[name] = (task, classes_key)
+
 
 _SEMANTIC_EVALUATORS = {"sem_seg", "cityscapes_sem_seg"}
 _INSTANCE_EVALUATORS = {"coco", "lvis", "cityscapes_instance"}

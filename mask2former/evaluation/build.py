@@ -17,6 +17,7 @@ from detectron2.evaluation import (
     SemSegEvaluator,
 )
 
+from ..config import inference_switches
 from .instance_evaluation import InstanceSegEvaluator
 from .sem_seg_loading import load_sem_seg_labels
 
@@ -60,7 +61,7 @@ def build_evaluator(
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
     metadata = MetadataCatalog.get(dataset_name)
     evaluator_type = metadata.get("evaluator_type")
-    test = cfg.MODEL.MASK_FORMER.TEST
+    test = inference_switches(cfg)
 
     def coco() -> COCOEvaluator:
         # use_fast_impl needs detectron2._C, which the registry's Detectron2 wheel lacks.
@@ -105,7 +106,7 @@ def build_evaluator(
     if not evaluators:
         raise NotImplementedError(
             f"No evaluator for dataset {dataset_name} of evaluator_type {evaluator_type!r} "
-            "with the enabled MODEL.MASK_FORMER.TEST tasks."
+            "with the enabled inference tasks (MODEL.MASK_FORMER.TEST, or the family's own)."
         )
     return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
 

@@ -8,7 +8,8 @@ contract* (:class:`InferenceModel`):
 - ``size_divisibility``: the padded input's height and width are multiples of it;
 - ``forward_network(images)``: normalised, padded images (B, 3, H, W) -> the network outputs
   ``(pred_logits, pred_masks)``: (B, Q, K+1) class logits, the last being "no object", and
-  (B, Q, H/4, W/4) mask logits. These are the tensors the exported graph returns;
+  (B, Q, H/s, W/s) mask logits at the family's fixed stride s (4 for Mask2Former, 8 for
+  FastInst; the post-processor only upsamples them). These are what the exported graph returns;
 - ``postprocessor``: a :class:`PostProcessor`, which turns them into Detectron2 results.
 
 Pre-processing is :func:`normalize_and_pad` (its size rule :func:`round_up_to_divisor`).
@@ -108,7 +109,7 @@ class InferenceNetwork(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, 3, H, W) normalised and padded -> pred_logits (B, Q, K+1), pred_masks
-        (B, Q, H/4, W/4)."""
+        (B, Q, H/s, W/s)."""
         return tuple(self.model.forward_network(images))
 
 
@@ -178,11 +179,12 @@ class PostProcessor:
         )
 
     @classmethod
-    def from_config(cls, cfg, metadata=None) -> PostProcessor:
-        """From ``MODEL.MASK_FORMER.TEST.*``, ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` and
-        ``TEST.DETECTIONS_PER_IMAGE``; thing ids from ``metadata`` (None: every class is
-        stuff)."""
-        test = cfg.MODEL.MASK_FORMER.TEST
+    def from_config(cls, cfg, metadata=None, test=None) -> PostProcessor:
+        """From the inference switches ``test`` (default ``MODEL.MASK_FORMER.TEST``; a family
+        with its own, e.g. ``MODEL.FASTINST.TEST``, passes them), ``MODEL.SEM_SEG_HEAD.
+        NUM_CLASSES`` and ``TEST.DETECTIONS_PER_IMAGE``; thing ids from ``metadata`` (None:
+        every class is stuff)."""
+        test = cfg.MODEL.MASK_FORMER.TEST if test is None else test
         on = {"semantic": test.SEMANTIC_ON, "panoptic": test.PANOPTIC_ON,
               "instance": test.INSTANCE_ON}
         mapping = getattr(metadata, "thing_dataset_id_to_contiguous_id", None) or {}

@@ -8,7 +8,7 @@ from .mask_former_instance_dataset_mapper import MaskFormerInstanceDatasetMapper
 from .mask_former_panoptic_dataset_mapper import MaskFormerPanopticDatasetMapper
 from .mask_former_semantic_dataset_mapper import MaskFormerSemanticDatasetMapper
 
-__all__ = ["MAPPERS", "build_train_mapper"]
+__all__ = ["MAPPERS", "build_train_mapper", "register_train_mapper"]
 
 # Official mapper names -> classes.
 MAPPERS = {
@@ -18,6 +18,19 @@ MAPPERS = {
     "mask_former_panoptic": MaskFormerPanopticDatasetMapper,
     "mask_former_instance": MaskFormerInstanceDatasetMapper,
 }
+
+
+def register_train_mapper(name: str, mapper_cls, *, task: str, classes_key: str) -> None:
+    """Make ``INPUT.DATASET_MAPPER_NAME name`` build ``mapper_cls(cfg, is_train=True)``.
+
+    A model family registers its own mappers from its subpackage (the data package imports no
+    family). ``task`` ("semantic", "panoptic" or "instance") and ``classes_key``
+    ("stuff_classes" or "thing_classes") tell the pre-training checks what the mapper needs.
+    """
+    from ..checks import register_mapper_needs
+
+    MAPPERS[name] = mapper_cls
+    register_mapper_needs(name, task, classes_key)
 
 
 def build_train_mapper(cfg):
