@@ -24,9 +24,18 @@ _MAPPER_NEEDS = {
 
 
 
-def register_mapper_needs(name: str, task: str, classes_key: str) -> None:
+# Config key of the class count that a mapper's model reads, where it is not the MaskFormer
+# head's MODEL.SEM_SEG_HEAD.NUM_CLASSES (e.g. MODEL.ROI_HEADS.NUM_CLASSES for R-CNN families).
+_NUM_CLASSES_KEYS: dict[str, str] = {}
+_DEFAULT_NUM_CLASSES_KEY = "MODEL.SEM_SEG_HEAD.NUM_CLASSES"
+
+
+def register_mapper_needs(
+    name: str, task: str, classes_key: str, num_classes_key: str = _DEFAULT_NUM_CLASSES_KEY
+) -> None:
     """Record what training mapper ``name`` needs (see ``register_train_mapper``)."""
     _MAPPER_NEEDS[name] = (task, classes_key)
+    _NUM_CLASSES_KEYS[name] = num_classes_key
 
 
 _SEMANTIC_EVALUATORS = {"sem_seg", "cityscapes_sem_seg"}
@@ -57,9 +66,10 @@ def check_dataset_config(cfg) -> None:
     """Raise ValueError if ``cfg`` does not fit its training datasets.
 
     Checks, for every dataset in ``cfg.DATASETS.TRAIN``:
-    - ``cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES`` equals the number of classes the mapper's targets
-      index: ``stuff_classes`` for the semantic and panoptic mappers, ``thing_classes`` for the
-      instance mappers;
+    - ``cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES`` (or the key the mapper registered, e.g.
+      ``MODEL.ROI_HEADS.NUM_CLASSES``) equals the number of classes the mapper's targets
+      index: ``stuff_classes`` for the semantic and panoptic mappers, ``thing_classes`` for
+      the instance mappers;
     - ``cfg.INPUT.DATASET_MAPPER_NAME`` fits the annotations (panoptic mappers need panoptic
       annotations, instance mappers instance annotations, the semantic mapper label maps).
     All problems are reported together, each naming the config key and the dataset (and, for a
@@ -74,7 +84,10 @@ def check_dataset_config(cfg) -> None:
             f"{sorted(_MAPPER_NEEDS)}"
         )
     needed_task, class_key = _MAPPER_NEEDS[mapper]
-    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    num_classes_key = _NUM_CLASSES_KEYS.get(mapper, _DEFAULT_NUM_CLASSES_KEY)
+    num_classes = cfg
+    for part in num_classes_key.split("."):
+        num_classes = num_classes[part]
     problems = []
     if not cfg.DATASETS.TRAIN:
         problems.append("DATASETS.TRAIN is empty")
@@ -84,12 +97,12 @@ def check_dataset_config(cfg) -> None:
         if classes is None:
             problems.append(
                 f"dataset '{name}' has no '{class_key}' in its metadata, which "
-                f"INPUT.DATASET_MAPPER_NAME={mapper!r} needs to check MODEL.SEM_SEG_HEAD."
-                f"NUM_CLASSES={num_classes} (is '{name}' registered, and for this task?)"
+                f"INPUT.DATASET_MAPPER_NAME={mapper!r} needs to check {num_classes_key}="
+                f"{num_classes} (is '{name}' registered, and for this task?)"
             )
         elif len(classes) != num_classes:
             problems.append(
-                f"MODEL.SEM_SEG_HEAD.NUM_CLASSES={num_classes} but dataset '{name}' has "
+                f"{num_classes_key}={num_classes} but dataset '{name}' has "
                 f"{len(classes)} {class_key}{_listed(classes)} (used by "
                 f"INPUT.DATASET_MAPPER_NAME={mapper!r}{_source(meta)})"
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
@@ -21,7 +22,7 @@ from ..config import inference_switches
 from .instance_evaluation import InstanceSegEvaluator
 from .sem_seg_loading import load_sem_seg_labels
 
-__all__ = ["PANOPTIC_EVALUATOR_TYPES", "build_evaluator"]
+__all__ = ["PANOPTIC_EVALUATOR_TYPES", "build_evaluator", "register_coco_evaluator"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,17 @@ PANOPTIC_EVALUATOR_TYPES = (
     "cityscapes_panoptic_seg",
     "mapillary_vistas_panoptic_seg",
 )
+
+
+# Meta-architecture -> its builder of the evaluator of COCO-format datasets, for families whose
+# evaluation adds to COCO AP (Mask Transfiner: Boundary AP); called as (cfg, dataset, folder).
+_COCO_EVALUATORS: dict[str, Callable] = {}
+
+
+def register_coco_evaluator(meta_architecture: str, builder: Callable) -> None:
+    """Use ``builder(cfg, dataset_name, output_folder)`` for COCO-format datasets of models
+    whose ``MODEL.META_ARCHITECTURE`` is ``meta_architecture``."""
+    _COCO_EVALUATORS[meta_architecture] = builder
 
 
 def build_evaluator(
@@ -64,6 +76,9 @@ def build_evaluator(
     test = inference_switches(cfg)
 
     def coco() -> COCOEvaluator:
+        family_builder = _COCO_EVALUATORS.get(cfg.MODEL.META_ARCHITECTURE)
+        if family_builder is not None:
+            return family_builder(cfg, dataset_name, output_folder)
         # use_fast_impl needs detectron2._C, which the registry's Detectron2 wheel lacks.
         return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=False)
 

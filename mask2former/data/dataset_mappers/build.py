@@ -20,17 +20,25 @@ MAPPERS = {
 }
 
 
-def register_train_mapper(name: str, mapper_cls, *, task: str, classes_key: str) -> None:
+def register_train_mapper(
+    name: str,
+    mapper_cls,
+    *,
+    task: str,
+    classes_key: str,
+    num_classes_key: str = "MODEL.SEM_SEG_HEAD.NUM_CLASSES",
+) -> None:
     """Make ``INPUT.DATASET_MAPPER_NAME name`` build ``mapper_cls(cfg, is_train=True)``.
 
     A model family registers its own mappers from its subpackage (the data package imports no
     family). ``task`` ("semantic", "panoptic" or "instance") and ``classes_key``
-    ("stuff_classes" or "thing_classes") tell the pre-training checks what the mapper needs.
+    ("stuff_classes" or "thing_classes") tell the pre-training checks what the mapper needs, and
+    ``num_classes_key`` which config key holds the model's class count.
     """
     from ..checks import register_mapper_needs
 
     MAPPERS[name] = mapper_cls
-    register_mapper_needs(name, task, classes_key)
+    register_mapper_needs(name, task, classes_key, num_classes_key)
 
 
 def build_train_mapper(cfg):

@@ -1,0 +1,353 @@
+#!/usr/bin/env python
+"""Mask R-CNN vs Mask Transfiner on the generated data, and CPU time per image.
+
+``train``: trains, with the same seed, data order and schedule, the synthetic Transfiner config
+(configs/synthetic/instance-segmentation/transfiner_R18_synthetic.yaml) and the same config with
+Detectron2's stock Mask R-CNN heads (``StandardROIHeads`` + ``MaskRCNNConvUpsampleHead``), and
+evaluates Mask AP (``COCOEvaluator``) and Boundary AP (faster-coco-eval) on
+``synthetic_val_instance``. The Transfiner model is evaluated twice: with refinement, and with
+``MAX_REFINE_ROIS_TEST = 0`` (every mask is the coarse 28x28 mask bilinearly upsampled), which
+isolates what the quadtree refinement adds on the same detections.
+
+``timing``: CPU seconds per 800x1216 image (R50-FPN, random weights, 100 detections per image
+forced through the mask head with ``SCORE_THRESH_TEST 0``), median of ``--repeats`` runs. With
+random weights the incoherence map is 0.5 everywhere, which would select every 56-level cell;
+the incoherence bias is set to ``--incoherence-logit`` instead (default -2.2: q = 0.1, so the
+784 top-level nodes, which the test threshold 1e-6 always selects, and no finer ones; a trained
+detector adds the few boundary nodes of the 56 and 112 levels).
+
+``overfit`` (spec 13.10): trains only the backbone and the mask branch, on ``--images`` training
+images with their GT boxes (jittered) as the RoIs, then compares on those images and on
+validation images (GT boxes again, so detection plays no part) the masks refined to 112 x 112
+with the coarse 28 x 28 masks bilinearly upsampled: mean mask IoU and mean boundary IoU
+(Cheng et al. 2021: IoU of the bands within d = 2% of the image diagonal inside each contour).
+
+Writes every run and the per-variant mean / std to ``benchmarks/results/transfiner*.json``.
+
+Examples::
+
+    python benchmarks/transfiner.py train --seeds 0 1 2 --iters 300
+    python benchmarks/transfiner.py timing --repeats 3
+    python benchmarks/transfiner.py overfit --images 4 --iters 150
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
+
+SYNTHETIC = os.path.join(
+    _ROOT, "configs", "synthetic", "instance-segmentation", "transfiner_R18_synthetic.yaml"
+)
+R50 = os.path.join(
+    _ROOT, "configs", "coco", "instance-segmentation", "transfiner", "mask_rcnn_R_50_FPN_1x.yaml"
+)
+MASK_RCNN_OPTS = [
+    "MODEL.ROI_HEADS.NAME", "StandardROIHeads",
+    "MODEL.ROI_MASK_HEAD.NAME", "MaskRCNNConvUpsampleHead",
+]
+logger = logging.getLogger("benchmarks.transfiner")
+
+
+def _cfg(path: str, opts: list[str]):
+    from mask2former.config import load_config
+
+    cfg = load_config(path, opts)
+    cfg.MODEL.TRANSFINER.BOUNDARY_AP = True
+    return cfg
+
+
+def train(cfg) -> torch.nn.Module:
+    """Plain Detectron2 training loop (Detectron2's DatasetMapper, SGD, multi-step schedule)."""
+    from detectron2.data import DatasetMapper, build_detection_train_loader
+    from detectron2.modeling import build_model
+    from detectron2.solver import build_lr_scheduler, build_optimizer
+    from detectron2.utils.events import EventStorage
+
+    torch.manual_seed(cfg.SEED)
+    model = build_model(cfg)
+    model.train()
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    loader = build_detection_train_loader(cfg, mapper=DatasetMapper(cfg, is_train=True))
+    start = time.perf_counter()
+    with EventStorage(0) as storage:
+        for it, data in zip(range(cfg.SOLVER.MAX_ITER), loader):
+            storage.iter = it
+            losses = model(data)
+            loss = sum(losses.values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            if it % 20 == 0 or it == cfg.SOLVER.MAX_ITER - 1:
+                logger.info("iter %d loss %.3f %s (%.1f s)", it, float(loss),
+                            {k: round(float(v), 3) for k, v in losses.items()},
+                            time.perf_counter() - start)
+    return model
+
+
+def evaluate(cfg, model) -> dict[str, float]:
+    """Mask AP and Boundary AP on cfg.DATASETS.TEST[0]."""
+    from detectron2.data import build_detection_test_loader
+    from detectron2.evaluation import inference_on_dataset
+
+    from mask2former.models.transfiner.evaluation import build_transfiner_evaluator
+
+    name = cfg.DATASETS.TEST[0]
+    model.eval()
+    res = inference_on_dataset(
+        model, build_detection_test_loader(cfg, name), build_transfiner_evaluator(cfg, name)
+    )
+    return {"box_AP": res["bbox"]["AP"], "mask_AP": res["segm"]["AP"],
+            "boundary_AP": res["boundary"]["AP"]}
+
+
+def run_train(args) -> None:
+    runs = []
+    for seed in args.seeds:
+        for variant in args.variants:
+            steps = sorted({s for s in (int(args.iters * 0.75), int(args.iters * 0.95))
+                            if 0 < s < args.iters})
+            opts = ["SEED", str(seed), "SOLVER.MAX_ITER", str(args.iters),
+                    "SOLVER.STEPS", str(tuple(steps))]
+            opts += (MASK_RCNN_OPTS if variant == "mask_rcnn" else []) + args.opts
+            cfg = _cfg(SYNTHETIC, opts)
+            logger.info("training %s, seed %d, %d iterations", variant, seed, args.iters)
+            model = train(cfg)
+            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+            torch.save({"model": model.state_dict()},
+                       os.path.join(cfg.OUTPUT_DIR, f"{variant}_seed{seed}.pth"))
+            runs.append({"variant": variant, "seed": seed, **evaluate(cfg, model)})
+            if variant == "transfiner":
+                model.roi_heads.max_refine_rois_test = 0
+                runs.append({"variant": "transfiner_coarse", "seed": seed,
+                             **evaluate(cfg, model)})
+            logger.info("%s", runs[-1])
+    summary = {}
+    for variant in sorted({r["variant"] for r in runs}):
+        rows = [r for r in runs if r["variant"] == variant]
+        summary[variant] = {
+            k: (statistics.mean(r[k] for r in rows),
+                statistics.stdev(r[k] for r in rows) if len(rows) > 1 else 0.0)
+            for k in ("box_AP", "mask_AP", "boundary_AP")
+        }
+    for variant, metrics in summary.items():
+        logger.info("%-18s %s", variant,
+                    "  ".join(f"{k} {m:.1f} +- {s:.1f}" for k, (m, s) in metrics.items()))
+    _write(args.out or "transfiner_synthetic.json",
+           {"iters": args.iters, "opts": args.opts, "runs": runs, "summary": summary})
+
+
+@torch.no_grad()
+def run_timing(args) -> None:
+    from detectron2.modeling import build_model
+
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (3, 800, 1216), dtype=torch.uint8).float()
+    results = {}
+    for variant in ("mask_rcnn", "transfiner"):
+        opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+                "0.0", "TEST.DETECTIONS_PER_IMAGE", "100"]
+        opts += MASK_RCNN_OPTS if variant == "mask_rcnn" else []
+        model = build_model(_cfg(R50, opts)).eval()
+        if variant == "transfiner":
+            torch.nn.init.constant_(model.roi_heads.mask_head.predictor_uncertain.weight, 0.0)
+            torch.nn.init.constant_(
+                model.roi_heads.mask_head.predictor_uncertain.bias, args.incoherence_logit
+            )
+        inputs = [{"image": image, "height": 800, "width": 1216}]
+        model(inputs)  # warm-up
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            model(inputs)
+            times.append(time.perf_counter() - start)
+        results[variant] = {"median_s": statistics.median(times), "times_s": times,
+                            "threads": torch.get_num_threads()}
+        logger.info("%s: %.2f s per 800x1216 image (median of %d, %d threads)", variant,
+                    results[variant]["median_s"], args.repeats, torch.get_num_threads())
+    _write(args.out or "transfiner_cpu_time.json", results)
+
+
+def _boundary_band(masks: torch.Tensor, width: int) -> torch.Tensor:
+    """(N, H, W) bool -> the pixels of each mask within ``width`` of its contour (inner band)."""
+    import torch.nn.functional as F
+
+    m = masks.float().unsqueeze(1)  # (N, 1, H, W)
+    eroded = m
+    for _ in range(width):
+        eroded = -F.max_pool2d(-F.pad(eroded, (1, 1, 1, 1), value=0.0), 3, stride=1)
+    return (m - eroded).squeeze(1) > 0  # (N, H, W)
+
+
+def _ious(pred: torch.Tensor, gt: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-instance mask IoU and boundary IoU of (N, H, W) bool masks."""
+    h, w = gt.shape[-2:]
+    width = max(1, round(0.02 * (h * h + w * w) ** 0.5))
+    bp, bg = _boundary_band(pred, width), _boundary_band(gt, width)
+
+    def iou(a, b):
+        inter = (a & b).flatten(1).sum(1).float()
+        union = (a | b).flatten(1).sum(1).float().clamp(min=1)
+        return (inter / union).tolist()
+
+    return iou(pred, gt), iou(bp, bg)
+
+
+def run_overfit(args) -> None:
+    from detectron2.data import DatasetCatalog, DatasetMapper
+    from detectron2.layers.mask_ops import paste_masks_in_image
+    from detectron2.modeling import build_model
+    from detectron2.structures import Boxes, Instances
+
+    cfg = _cfg(SYNTHETIC, ["SEED", str(args.seed)] + args.opts)
+    torch.manual_seed(args.seed)
+    model = build_model(cfg)
+    # the images at their generated size (about 256 px), GT as bitmasks, no augmentation
+    mapper = DatasetMapper(is_train=True, augmentations=[], image_format=cfg.INPUT.FORMAT,
+                           use_instance_mask=True, instance_mask_format="bitmask")
+
+    def load(name: str, count: int) -> list[dict]:
+        out = []
+        for record in DatasetCatalog.get(name)[:count]:
+            d = mapper(record)
+            d["gt"] = d.pop("instances")
+            out.append(d)
+        return out
+
+    train_set = load(cfg.DATASETS.TRAIN[0], args.images)
+    val_set = load(cfg.DATASETS.TEST[0], args.val_images)
+    params = [p for n, p in model.named_parameters()
+              if n.startswith(("backbone.", "roi_heads.mask_pooler.", "roi_heads.mask_head."))]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
+
+    def rois(batch, jitter):
+        out = []
+        for d in batch:
+            gt = d["gt"]
+            boxes = gt.gt_boxes.tensor.clone()
+            if jitter:
+                wh = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)
+                boxes = boxes + (torch.rand_like(boxes) - 0.5) * 0.1 * wh
+            inst = Instances(gt.image_size)
+            inst.proposal_boxes = Boxes(boxes)
+            inst.pred_boxes = Boxes(boxes)
+            inst.gt_classes = inst.pred_classes = gt.gt_classes
+            inst.gt_masks = gt.gt_masks
+            out.append(inst)
+        return out
+
+    start = time.perf_counter()
+    model.train()
+    for it in range(args.iters):
+        batch = [train_set[(2 * it + k) % len(train_set)] for k in range(2)]
+        images = model.preprocess_image(batch)
+        features = model.backbone(images.tensor)
+        losses = model.roi_heads._forward_mask(features, rois(batch, jitter=True))
+        loss = sum(losses.values())
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        optimizer.step()
+        if it % 10 == 0 or it == args.iters - 1:
+            logger.info("iter %d %s (%.0f s)", it,
+                        {k: round(float(v), 3) for k, v in losses.items()},
+                        time.perf_counter() - start)
+
+    @torch.no_grad()
+    def measure(dataset, refine_limit, thresholds):
+        model.eval()
+        model.roi_heads.max_refine_rois_test = refine_limit
+        model.roi_heads.mask_head.inc_thresh_test = thresholds
+        mask_ious, boundary_ious = [], []
+        for d in dataset:
+            images = model.preprocess_image([d])
+            features = model.backbone(images.tensor)
+            (inst,) = model.roi_heads._forward_mask(features, rois([d], jitter=False))
+            pred = paste_masks_in_image(inst.pred_masks[:, 0], inst.pred_boxes,
+                                        d["gt"].image_size)  # (N, H, W) bool
+            m, b = _ious(pred, d["gt"].gt_masks.tensor)
+            mask_ious += m
+            boundary_ious += b
+        return {"mask_IoU": 100 * statistics.mean(mask_ious),
+                "boundary_IoU": 100 * statistics.mean(boundary_ious), "instances": len(mask_ious)}
+
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    torch.save({"model": model.state_dict()},
+               os.path.join(cfg.OUTPUT_DIR, f"overfit_seed{args.seed}.pth"))
+    reference = tuple(cfg.MODEL.TRANSFINER.INC_THRESH_TEST)
+    variants = {
+        "refined": (10**6, reference),
+        # the top level refined only at incoherent cells (q >= the training threshold), the
+        # other cells keep the coarse mask
+        "refined_incoherent_top": (10**6, (cfg.MODEL.TRANSFINER.INC_THRESH_TRAIN[0],
+                                           *reference[1:])),
+        "coarse_upsampled": (0, reference),
+    }
+    results = {}
+    for split, dataset in (("train", train_set), ("val", val_set)):
+        for variant, (limit, thresholds) in variants.items():
+            results[f"{split}/{variant}"] = measure(dataset, limit, thresholds)
+            logger.info("%s %s: %s", split, variant, results[f"{split}/{variant}"])
+    _write(args.out or f"transfiner_overfit_seed{args.seed}.json",
+           {"images": args.images, "iters": args.iters, "lr": args.lr, "opts": args.opts,
+            "seconds": time.perf_counter() - start, "results": results})
+
+
+def _write(name: str, payload: dict) -> None:
+    path = os.path.join(_ROOT, "benchmarks", "results", name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=1)
+    logger.info("wrote %s", path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train and evaluate on the generated data")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--iters", type=int, default=300)
+    p.add_argument("--variants", nargs="+", default=["mask_rcnn", "transfiner"],
+                   choices=["mask_rcnn", "transfiner"])
+    p.add_argument("--out", default=None, help="file name under benchmarks/results/")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    p = sub.add_parser("timing", help="CPU seconds per 800x1216 image, R50-FPN")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--incoherence-logit", type=float, default=-2.2,
+                   help="constant incoherence logit of the random-weight Transfiner")
+    p.add_argument("--out", default=None, help="file name under benchmarks/results/")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p = sub.add_parser("overfit", help="refined vs upsampled coarse masks, GT boxes as RoIs")
+    p.add_argument("--images", type=int, default=4)
+    p.add_argument("--val-images", type=int, default=30)
+    p.add_argument("--iters", type=int, default=150)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="file name under benchmarks/results/")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    import mask2former  # noqa: F401  (registers the components and the generated datasets)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    {"train": run_train, "timing": run_timing, "overfit": run_overfit}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
