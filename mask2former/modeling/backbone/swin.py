@@ -20,6 +20,8 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 
+from ..weight_init import init_linear_and_layernorm
+
 __all__ = ["D2SwinTransformer", "relative_position_index", "shifted_window_mask"]
 
 # Added to the attention logits of token pairs that the shifted-window mask separates.
@@ -359,19 +361,9 @@ class D2SwinTransformer(Backbone):
         # One LayerNorm per stage, whether returned or not (official checkpoints hold all four).
         for i in range(num_stages):
             self.add_module(f"norm{i}", nn.LayerNorm(self.num_features[i]))
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
         # Swin's initialisation (the official Mask2Former copy defines it but never applies it,
         # which only matters without pretrained weights, i.e. when training from scratch).
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(init_linear_and_layernorm)
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):

@@ -14,25 +14,20 @@ from collections.abc import Sequence
 import torch
 from detectron2.config import configurable
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY, ShapeSpec
-from timm.layers import trunc_normal_
 from torch import nn
 from torch.nn import functional as F
 
+from ...modeling.weight_init import init_linear_and_layernorm
 from .atm import ATMDecoder
 
 __all__ = ["ATMHead", "ShrunkATMHead"]
 
 
 def _init_weights(module: nn.Module) -> None:
-    """Linear: truncated normal (std 0.02), bias 0; LayerNorm: weight 1, bias 0."""
+    """Linear: truncated normal (std 0.02), bias 0; LayerNorm: weight 1, bias 0 (in
+    ``module.modules()`` order)."""
     for m in module.modules():
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        init_linear_and_layernorm(m)
 
 
 def _to_tokens(x: torch.Tensor) -> torch.Tensor:
