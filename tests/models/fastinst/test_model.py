@@ -84,7 +84,7 @@ def test_dcn_backbone_runs_on_the_cpu():
 
 
 @pytest.fixture(scope="module")
-def generated_batch():
+def generated_batch(synthetic_data):
     """Two images of the generated instance data through the config's training mapper."""
     cfg = load_config(SYNTHETIC, TINY)
     mapper = build_train_mapper(cfg)
@@ -152,7 +152,7 @@ def test_onnx_export_matches_eager(tmp_path):
     assert result["instances"].pred_masks.shape[1:] == (48, 80)
 
 
-def test_fastinst_mapper_pads_to_a_multiple_and_keeps_masks_aligned():
+def test_fastinst_mapper_pads_to_a_multiple_and_keeps_masks_aligned(synthetic_data):
     from mask2former.models.fastinst.mapper import FastInstInstanceDatasetMapper
 
     base = CONFIGS / "coco/instance-segmentation/Fast-COCO-InstanceSegmentation.yaml"

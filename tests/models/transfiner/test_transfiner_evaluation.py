@@ -53,7 +53,7 @@ def test_mask_missing_its_top_row():
     assert res["AP50"] == pytest.approx(100.0) and res["AP75"] == pytest.approx(0.0)
 
 
-def test_boundary_ap_is_selected_by_the_config_key():
+def test_boundary_ap_is_selected_by_the_config_key(synthetic_data):
     from detectron2.evaluation import COCOEvaluator
 
     from mask2former.config import load_config
@@ -70,7 +70,7 @@ def test_boundary_ap_is_selected_by_the_config_key():
     assert type(plain) is COCOEvaluator and isinstance(boundary, BoundaryCOCOEvaluator)
 
 
-def test_boundary_evaluator_end_to_end_with_perfect_predictions():
+def test_boundary_evaluator_end_to_end_with_perfect_predictions(synthetic_data):
     """Perfect predictions of two generated validation images: box, mask and boundary AP 100
     (checks the mapping between contiguous and dataset category ids)."""
     import torch

@@ -19,7 +19,7 @@ CONFIG = str(
 )
 
 
-def test_rcnn_mapper_and_class_count_check():
+def test_rcnn_mapper_and_class_count_check(synthetic_data):
     cfg = load_config(CONFIG)
     assert MAPPERS["rcnn"] is DatasetMapper
     assert isinstance(build_train_mapper(cfg), DatasetMapper)
@@ -29,7 +29,7 @@ def test_rcnn_mapper_and_class_count_check():
         check_dataset_config(cfg)
 
 
-def test_boundary_ap_evaluator_is_chosen_by_its_key(tmp_path):
+def test_boundary_ap_evaluator_is_chosen_by_its_key(tmp_path, synthetic_data):
     cfg = load_config(CONFIG)
     plain = build_evaluator(cfg, "synthetic_val_instance", str(tmp_path))
     assert type(plain) is COCOEvaluator
