@@ -15,12 +15,14 @@ from detectron2.config import configurable
 from torch import nn
 from torch.nn import functional as F
 
-from ..mask2former.transformer_decoder.mask2former_transformer_decoder import (
+from ..mask2former.transformer_decoder.layers import (
     MLP,
-    TRANSFORMER_DECODER_REGISTRY,
     CrossAttentionLayer,
     FFNLayer,
     SelfAttentionLayer,
+)
+from ..mask2former.transformer_decoder.mask2former_transformer_decoder import (
+    TRANSFORMER_DECODER_REGISTRY,
     unmask_fully_masked_rows,
 )
 from .query_proposal import QueryProposal
