@@ -20,8 +20,8 @@ import argparse
 import json
 import logging
 import os
-import platform
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -32,6 +32,9 @@ from detectron2.modeling import build_model
 import mask2former  # noqa: F401  (registers the model components)
 from mask2former.config import load_config
 from mask2former.modeling.inference import InferenceNetwork, normalize_and_pad
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from inference_speed import _cpu_name, _sync  # noqa: E402
 
 logger = logging.getLogger("mask2former.benchmarks.fastinst")
 
@@ -47,22 +50,6 @@ MODELS = {
         ["INPUT.MIN_SIZE_TEST", "640", "INPUT.MAX_SIZE_TEST", "853"],
     ),
 }
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _gflops(model: torch.nn.Module, images: torch.Tensor) -> float | None:
