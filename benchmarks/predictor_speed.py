@@ -1,41 +1,42 @@
 #!/usr/bin/env python
-"""Inference time per image of a Mask2Former network on the CPU: eager float32, eager under
-bfloat16 autocast, ``torch.compile`` and onnxruntime, with random weights.
+"""Network time per image of every Predictor backend on the CPU (eager, ``torch.compile``,
+onnxruntime, OpenVINO), post-processing timed apart, with random weights.
 
-Each backend runs the same network
-(:class:`mask2former.modeling.inference.InferenceNetwork`: backbone, pixel decoder, transformer
-decoder) on one normalised random image of ``--height`` x
-``--width`` (batch 1): ``--warmup`` untimed calls, then ``--runs`` timed ones; the median is
-reported. The post-processing (semantic + panoptic + instance inference, the same for every
-backend) is timed once more on its own, so that end-to-end = network + post-processing.
-``torch.compile``'s first call (the compilation) and the ONNX export are timed separately.
+Each backend runs the network exactly as the ``Predictor`` does
+(:func:`mask2former.backends.make_network`) on one normalised random image of ``--height`` x
+``--width`` (batch 1). Its first call (``torch.compile``'s compilation, the ONNX export and
+the runtime's load) is timed alone, and its outputs are compared with eager. Then the backends
+take turns, ``--warmup`` untimed rounds and ``--runs`` timed ones, so that other work on the
+machine slows them alike; the median is reported. The post-processing (semantic + panoptic +
+instance inference, the same for every backend) is timed on its own: end to end = network +
+post-processing. ``--backends eager_bfloat16`` adds eager under bfloat16 autocast.
 
-    python benchmarks/predictor_speed.py --runs 3  # the synthetic model at 256 x 256
+    python benchmarks/predictor_speed.py  # the synthetic R18 at 256 x 256, 2 threads
     python benchmarks/predictor_speed.py --runs 3 --height 800 --width 1216 \
         --config-file configs/coco/panoptic-segmentation/maskformer2_R50_bs16_50ep.yaml
 
-Figures go to ``benchmarks/results/predictor_speed_<config name>.json``.
+Figures go to ``benchmarks/results/predictor_speed_<config name>.json``; the order they give
+(fastest first) is what ``mask2former.backends.AUTO_ORDER`` should be.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Callable
 
 import torch
 from detectron2.modeling import build_model
 
 import mask2former  # noqa: F401  (registers the model components)
+from mask2former.backends import AUTO_ORDER, BACKENDS, make_network, missing_packages
 from mask2former.engine.defaults import load_config
-from mask2former.export import export_onnx, load_onnx, run_onnx
 from mask2former.layers import active_impl_of
 from mask2former.modeling.inference import InferenceNetwork, normalize_and_pad
 
@@ -48,66 +49,75 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _DEFAULT_CONFIG = os.path.join(
     _ROOT, "configs/synthetic/panoptic-segmentation/maskformer2_R18_synthetic.yaml"
 )
-BACKENDS = ("eager", "eager_bfloat16", "compile", "onnxruntime")
+CHOICES = (*BACKENDS, "eager_bfloat16")
+PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime", "openvino")
 
 
-def median_seconds(fn: Callable[[], object], warmup: int, runs: int) -> dict:
-    """Median, min, max and all seconds of ``runs`` timed calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return {"median": statistics.median(times), "min": min(times), "max": max(times),
-            "all": times}  # fmt: skip
+def _runner(backend: str, network: InferenceNetwork):
+    """images (1, 3, H, W) -> (pred_logits, pred_masks), as the Predictor runs ``backend``."""
+    if backend != "eager_bfloat16":
+        return make_network(backend, network)
+
+    def bfloat16(images):
+        with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16):
+            return network(images)
+
+    return bfloat16
 
 
-def _timed_once(fn: Callable[[], object]) -> float:
+def _seconds(fn, *args) -> tuple[float, object]:
     start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    out = fn(*args)
+    return time.perf_counter() - start, out
 
 
-def benchmark(model, images: torch.Tensor, backends, warmup: int, runs: int, threads: int):
-    """{backend: timing dict} for the network, plus "postprocess"."""
+def time_backends(
+    model: torch.nn.Module, images: torch.Tensor, backends, warmup: int, runs: int
+) -> dict:
+    """{backend: {"median", "min", "max", "all", "first_call_seconds", "max_abs_diff"}} for the
+    network, the backends taking turns; plus "postprocess" (median seconds and all)."""
     network = InferenceNetwork(model).eval()
     size = tuple(images.shape[-2:])
-    results = {}
+    results, runners = {}, {}
     with torch.inference_mode():
-        logits, masks = network(images)
-        results["postprocess"] = median_seconds(
-            lambda: model.postprocessor(
-                logits, masks, padded_size=size, image_sizes=[size], output_sizes=[size]
-            ),
-            warmup,
-            runs,
-        )
-        if "eager" in backends:
-            results["eager"] = median_seconds(lambda: network(images), warmup, runs)
-        if "eager_bfloat16" in backends:
-            def bf16():
-                with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16):
-                    return network(images)
-
-            results["eager_bfloat16"] = median_seconds(bf16, warmup, runs)
-        if "compile" in backends:
-            compiled = torch.compile(network)
-            first = _timed_once(lambda: compiled(images))
-            results["compile"] = median_seconds(lambda: compiled(images), warmup, runs)
-            results["compile"]["first_call_seconds"] = first
-    if "onnxruntime" in backends:
-        with tempfile.TemporaryDirectory() as folder:
-            path = os.path.join(folder, "model.onnx")
-            export = _timed_once(
-                lambda: export_onnx(model, path, height=size[0], width=size[1])
+        reference = network(images)  # eager: (1, Q, K+1), (1, Q, H/4, W/4)
+        for backend in backends:
+            runners[backend] = _runner(backend, network)
+            first, outputs = _seconds(runners[backend], images)
+            diffs = [float((o.float() - r).abs().max()) for o, r in zip(outputs, reference)]
+            results[backend] = {"first_call_seconds": first, "max_abs_diff": diffs}
+            logger.info("  %-15s first call %.1fs, largest difference to eager %.1e",
+                        backend, first, max(diffs))  # fmt: skip
+        times = {backend: [] for backend in backends}
+        loads = []
+        for round_ in range(warmup + runs):
+            for backend in backends:
+                seconds, _ = _seconds(runners[backend], images)
+                if round_ >= warmup:
+                    times[backend].append(seconds)
+            loads.append(os.getloadavg()[0])
+        for backend, values in times.items():
+            results[backend].update(median=statistics.median(values), min=min(values),
+                                    max=max(values), all=values)  # fmt: skip
+        post = []
+        for round_ in range(warmup + runs):
+            seconds, _ = _seconds(
+                lambda: model.postprocessor(
+                    *reference, padded_size=size, image_sizes=[size], output_sizes=[size]
+                )
             )
-            session = load_onnx(path, threads=threads)
-            array = images.cpu().numpy()
-            results["onnxruntime"] = median_seconds(lambda: run_onnx(session, array), warmup, runs)
-            results["onnxruntime"]["export_seconds"] = export
+            if round_ >= warmup:
+                post.append(seconds)
+    results["postprocess"] = {"median": statistics.median(post), "all": post}
+    results["load_average_per_round"] = loads
     return results
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def main(argv=None) -> dict:
@@ -115,19 +125,24 @@ def main(argv=None) -> dict:
     parser.add_argument("--config-file", default=_DEFAULT_CONFIG)
     parser.add_argument("--height", type=int, default=256, help="multiple of 32")
     parser.add_argument("--width", type=int, default=256, help="multiple of 32")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed calls first")
-    parser.add_argument("--runs", type=int, default=5, help="timed calls (median reported)")
-    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: torch's)")
-    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    parser.add_argument("--runs", type=int, default=5, help="timed rounds (median reported)")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads, all backends")
+    parser.add_argument("--backends", nargs="+", choices=CHOICES, default=list(BACKENDS))
     parser.add_argument("--output", default="", help="JSON file (default: benchmarks/results/)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logger.setLevel(logging.INFO)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    backends = []
+    for backend in args.backends:
+        missing = missing_packages(backend) if backend in BACKENDS else []
+        if missing:
+            logger.warning("skipping %s: pip package(s) %s not installed", backend, missing)
+        else:
+            backends.append(backend)
     cfg = load_config(args.config_file, args.opts)
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
@@ -137,51 +152,57 @@ def main(argv=None) -> dict:
     image = torch.randint(0, 256, (3, args.height, args.width), generator=generator).float()
     images = normalize_and_pad([image], model.pixel_mean, model.pixel_std).tensor  # (1, 3, H, W)
 
+    name = os.path.splitext(os.path.basename(args.config_file))[0]
+    logger.info("%s, %dx%d, %d threads, %s", name, args.height, args.width, args.threads,
+                _cpu_name())  # fmt: skip
     load_before = os.getloadavg()[0]
-    timings = benchmark(model, images, args.backends, args.warmup, args.runs, threads)
+    timings = time_backends(model, images, backends, args.warmup, args.runs)
     load_after = os.getloadavg()[0]
 
     post = timings["postprocess"]["median"]
+    network = {b: timings[b]["median"] for b in backends}
     result = {
         "config": os.path.relpath(os.path.abspath(args.config_file), _ROOT),
         "overrides": args.opts,
         "image_size": [args.height, args.width],
         "batch_size": 1,
         "weights": "random",
-        "warmup": args.warmup,
-        "runs": args.runs,
-        # Median seconds of the network alone, and end to end (network + post-processing).
-        "network_seconds": {b: timings[b]["median"] for b in args.backends},
-        "end_to_end_seconds": {b: timings[b]["median"] + post for b in args.backends},
+        "warmup_rounds": args.warmup,
+        "timed_rounds": args.runs,
+        # Median seconds of the network alone, fastest first, and relative to eager.
+        "network_seconds": dict(sorted(network.items(), key=lambda item: item[1])),
+        "network_vs_eager": (
+            {b: network[b] / network["eager"] for b in backends} if "eager" in network else {}
+        ),
         "postprocess_seconds": post,
-        "timings": timings,
+        "end_to_end_seconds": {b: network[b] + post for b in backends},
+        # Compilation / export + load, paid once per input shape.
+        "first_call_seconds": {b: timings[b]["first_call_seconds"] for b in backends},
+        # Largest |backend - eager| of (pred_logits, pred_masks).
+        "max_abs_diff_to_eager": {b: timings[b]["max_abs_diff"] for b in backends},
+        "auto_order_in_code": list(AUTO_ORDER),
+        "timings": {b: timings[b] for b in (*backends, "postprocess")},
         "device": _cpu_name(),
-        "torch_threads": threads,
+        "torch_threads": torch.get_num_threads(),
         # Eager/compile deformable attention of the built model: "compiled" (mask2former._C),
-        # "pytorch" (M2F_MSDA_IMPL=pytorch, DEFORMABLE_ATTENTION_IMPL pytorch) or "none".
-        # onnxruntime always runs the pure-PyTorch formulation, exported.
+        # "pytorch" or "none". The ONNX backends always run the pure-PyTorch formulation.
         "deformable_attention": active_impl_of(model, "cpu"),
-        # 1-minute load average before and after timing: other work competing for the CPU.
+        # 1-minute load average before, after each round, and after: competing work.
         "load_average": [load_before, load_after],
-        "torch": torch.__version__,
+        "load_average_per_round": timings["load_average_per_round"],
+        "packages": {p: _version(p) for p in PACKAGES},
         "python": platform.python_version(),
     }
-    name = os.path.splitext(os.path.basename(args.config_file))[0]
     output = args.output or os.path.join(
         _ROOT, "benchmarks", "results", f"predictor_speed_{name}.json"
     )
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "w") as f:
         json.dump(result, f, indent=2)
-    logger.info(
-        "%s, %dx%d, %d threads, %s (load %.1f -> %.1f)",
-        name, args.height, args.width, threads, result["device"], load_before, load_after,
-    )  # fmt: skip
-    for backend in args.backends:
-        logger.info(
-            "  %-15s network %.3fs  end-to-end %.3fs per image",
-            backend, timings[backend]["median"], timings[backend]["median"] + post,
-        )  # fmt: skip
+    logger.info("load average %.1f -> %.1f; network median per image, fastest first:",
+                load_before, load_after)  # fmt: skip
+    for backend, seconds in result["network_seconds"].items():
+        logger.info("  %-15s network %.3fs  end-to-end %.3fs", backend, seconds, seconds + post)
     logger.info("  post-processing %.3fs; wrote %s", post, output)
     return result
 

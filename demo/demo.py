@@ -30,6 +30,7 @@ import time
 import cv2
 import tqdm
 
+from mask2former.backends import BACKENDS, BackendUnavailableError
 from mask2former.config import UnknownConfigKeyError, load_config
 from mask2former.data.utils import read_image_checked
 from mask2former.utils.predictions import PredictionWriter
@@ -73,6 +74,13 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--confidence-threshold", type=float, default=0.5, help="lowest instance score drawn"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("auto", *BACKENDS),
+        default=None,
+        help="where the network runs (default: $M2F_PREDICTOR_BACKEND, else auto: the fastest "
+        "installed; onnxruntime / openvino export the network once per padded input size)",
     )
     parser.add_argument(
         "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ..."
@@ -209,8 +217,9 @@ def _build_demo(args) -> VisualizationDemo:
             confidence_threshold=args.confidence_threshold,
             tasks=args.task,
             batch_size=args.batch_frames,
+            backend=args.backend,
         )
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, BackendUnavailableError) as e:
         raise SystemExit(f"cannot build the model of {args.config_file!r}: {e}") from None
 
 

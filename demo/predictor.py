@@ -50,6 +50,8 @@ class VisualizationDemo:
         confidence_threshold: instances scoring below it are not drawn.
         tasks: "panoptic", "instance", "semantic" to predict and draw (None: the config's).
         batch_size: images (video frames) per forward pass.
+        backend: the Predictor's backend ("auto", "eager", "compile", "onnxruntime",
+            "openvino"; None: ``$M2F_PREDICTOR_BACKEND``, else "auto").
     """
 
     def __init__(
@@ -59,12 +61,13 @@ class VisualizationDemo:
         confidence_threshold: float = 0.5,
         tasks: Sequence[str] | None = None,
         batch_size: int = 1,
+        backend: str | None = None,
     ):
         cfg = cfg.clone()
         cfg.defrost()
         self.tasks = select_tasks(cfg, tasks)
         # Registers the datasets declared in DATASETS.CUSTOM, whose metadata is drawn.
-        self.predictor = Predictor.from_config(cfg, batch_size=batch_size)
+        self.predictor = Predictor.from_config(cfg, batch_size=batch_size, backend=backend)
         metadata = self.predictor.metadata
         self.metadata = metadata if metadata is not None else MetadataCatalog.get("__unused")
         classes = self.metadata.get("stuff_classes") or self.metadata.get("thing_classes")

@@ -8,8 +8,12 @@ post-processing (:func:`postprocess`, the model's ``postprocessor``) stay outsid
 in segment-anything's ONNX wrapper. Any model family that meets the contract exports. Two
 formats:
 
-- ONNX (:func:`export_onnx`), run with onnxruntime (:func:`run_onnx`);
+- ONNX (:func:`export_onnx`), run with onnxruntime (:func:`load_onnx`, :func:`run_onnx`) or
+  OpenVINO (:func:`load_openvino`, :func:`run_openvino`);
 - ``torch.export`` (:func:`export_torch`), an ``ExportedProgram`` saved as ``.pt2``.
+
+The :class:`~mask2former.predictor.Predictor` runs these graphs as its "onnxruntime" and
+"openvino" backends (:mod:`mask2former.backends`).
 
 Both are traced at one fixed input size. The multi-scale deformable attention runs its
 pure-PyTorch path while exporting (the compiled op has no ONNX or export translation).
@@ -34,9 +38,11 @@ __all__ = [
     "export_onnx",
     "export_torch",
     "load_onnx",
+    "load_openvino",
     "postprocess",
     "prepare_image",
     "run_onnx",
+    "run_openvino",
 ]
 
 logger = logging.getLogger(__name__)
@@ -177,6 +183,33 @@ def run_onnx(session, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np
     if isinstance(images, torch.Tensor):
         images = images.detach().cpu().numpy()
     logits, masks = session.run(OUTPUT_NAMES, {INPUT_NAMES[0]: images.astype(np.float32)})
+    return logits, masks
+
+
+def load_openvino(path: str, threads: int = 0):
+    """An exported ONNX network compiled by OpenVINO for the CPU, in float32 (OpenVINO would
+    otherwise pick bfloat16 on CPUs that have it) and tuned for latency; ``threads``: inference
+    threads (0: OpenVINO's default, all cores)."""
+    import openvino
+    from openvino import properties
+    from openvino.properties import hint
+
+    config = {
+        hint.inference_precision: openvino.Type.f32,
+        hint.performance_mode: hint.PerformanceMode.LATENCY,
+    }
+    if threads:
+        config[properties.inference_num_threads] = threads
+    return openvino.Core().compile_model(path, "CPU", config)
+
+
+def run_openvino(compiled, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Run a :func:`load_openvino` network on (B, 3, H, W) normalised images. Returns
+    (pred_logits, pred_masks) numpy arrays (copies, not OpenVINO's reused buffers)."""
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    outputs = compiled({INPUT_NAMES[0]: images.astype(np.float32)})
+    logits, masks = (outputs[compiled.output(name)] for name in OUTPUT_NAMES)
     return logits, masks
 
 

@@ -12,8 +12,13 @@ The predictor is apart from the model (as segment-anything's): it reads and resi
 as Detectron2's ``DefaultPredictor`` does (``ResizeShortestEdge`` to ``INPUT.MIN_SIZE_TEST`` /
 ``INPUT.MAX_SIZE_TEST``), then runs the package's one inference path
 (:mod:`mask2former.modeling.inference`): ``normalize_and_pad``, the model's network in batches
-(optionally under ``torch.autocast`` or ``torch.compile``) and its ``postprocessor`` in float32.
-Any model family that meets that inference contract works here.
+in the chosen backend, and its ``postprocessor`` in float32 PyTorch. Any model family that
+meets that inference contract works here.
+
+Backends (``backend=``, :mod:`mask2former.backends`): "eager" PyTorch (optionally under
+``torch.autocast``), "compile" (``torch.compile``), "onnxruntime" and "openvino" (the network
+exported to ONNX once per padded input shape, then cached), or "auto" (the default): the
+fastest one installed, in the measured order of ``mask2former.backends.AUTO_ORDER``.
 """
 
 from __future__ import annotations
@@ -32,6 +37,14 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from torch import nn
 
+from .backends import (
+    EXPORTED,
+    ExportFailedError,
+    check_backend,
+    choose_backend,
+    default_backend,
+    make_network,
+)
 from .config import adjust_for_device, load_config
 from .data.declared import register_declared_datasets
 from .data.utils import read_image_checked
@@ -89,15 +102,25 @@ class Predictor:
         model: a model that meets the inference contract
             (:class:`~mask2former.modeling.inference.InferenceModel`); put in eval mode here.
             A Detectron2 model without ``forward_network`` (an R-CNN family) runs its own eval
-            forward on the resized images instead (no ``compile`` then).
+            forward on the resized images instead (backend "eager" only then).
         resize: the test-time resize (``ResizeShortestEdge``), or None to keep the input size.
         input_format: channel order the model expects ("RGB" or "BGR", ``INPUT.FORMAT``).
         batch_size: images per forward pass.
         dtype: None / torch.float32 for plain float32, or torch.bfloat16 / torch.float16 to run
             the network under ``torch.autocast`` (on the CPU bfloat16 is the useful one; the
-            deformable-attention pixel decoder stays float32). Post-processing is float32.
-        compile: ``torch.compile`` the network (backbone, pixel and transformer decoders).
-            The first call at each new input size compiles (slow); later calls are fast.
+            deformable-attention pixel decoder stays float32), with the eager and compile
+            backends only. Post-processing is float32.
+        backend: where the network (backbone, pixel and transformer decoders) runs:
+            "eager", "compile" (``torch.compile``), "onnxruntime", "openvino", or "auto": the
+            first of ``mask2former.backends.AUTO_ORDER`` (fastest first, measured) that is
+            installed and applies (a model without ``forward_network``, one on a GPU or a
+            reduced ``dtype`` leave "eager" / "compile"); the choice and its reason are
+            logged. None: ``$M2F_PREDICTOR_BACKEND``, else "auto". "compile" compiles, and
+            "onnxruntime" / "openvino" export the network to ONNX, at the first call of each
+            padded input shape (batch, height, width): slow once (tens of seconds for R50),
+            cached afterwards (fixed-shape graphs: the model bakes feature sizes into the
+            graph). Outputs agree with eager within 1e-3.
+        compile: same as ``backend="compile"`` (kept for existing callers).
         metadata: the dataset's metadata (class names, colours, id maps), kept as
             ``self.metadata`` for drawing and writing results; :meth:`from_config` takes that
             of ``DATASETS.TEST[0]`` (declared in ``DATASETS.CUSTOM`` or registered).
@@ -111,6 +134,7 @@ class Predictor:
         input_format: str,
         batch_size: int = 1,
         dtype: torch.dtype | str | None = None,
+        backend: str | None = None,
         compile: bool = False,
         metadata: Metadata | None = None,
     ):
@@ -128,17 +152,44 @@ class Predictor:
         self.network = (
             InferenceNetwork(self.model).eval() if hasattr(model, "forward_network") else None
         )
-        if compile and self.network is None:
-            raise ValueError(f"compile needs a model with forward_network; {type(model).__name__}"
-                             " has none")
-        self._forward = torch.compile(self.network) if compile else self.network
+        if compile:
+            if backend not in (None, "compile"):
+                raise ValueError(f"compile=True contradicts backend={backend!r}")
+            backend = "compile"
+        self.requested_backend = default_backend() if backend is None else backend
+        self._excluded: list[str] = []
+        if self.requested_backend == "auto":
+            self._use_backend(*choose_backend(self.model, self.device, self.dtype))
+        else:
+            check_backend(self.requested_backend, self.model, self.device, self.dtype)
+            self._use_backend(self.requested_backend, "requested")
+
+    def _use_backend(self, backend: str, reason: str) -> None:
+        logger.info("Predictor backend: %s (%s)", backend, reason)
+        self.backend = backend
+        self._forward = None if self.network is None else make_network(backend, self.network)
+
+    def _network(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, 3, H_pad, W_pad) -> (pred_logits, pred_masks) in the backend; under
+        "auto", when the ONNX export fails, the next backend that does not need it takes over."""
+        while True:
+            try:
+                return self._forward(images)
+            except ExportFailedError as e:
+                if self.requested_backend != "auto":
+                    raise
+                self._excluded += [b for b in EXPORTED if b not in self._excluded]
+                logger.warning("%s; falling back", e)
+                backend, reason = choose_backend(
+                    self.model, self.device, self.dtype, exclude=self._excluded
+                )
+                self._use_backend(backend, f"{reason}; the ONNX export failed")
 
     @classmethod
-    def from_config(
-        cls, cfg: CfgNode, *, weights: str | None = None, **kwargs: Any
-    ) -> Predictor:
+    def from_config(cls, cfg: CfgNode, *, weights: str | None = None, **kwargs: Any) -> Predictor:
         """Build the model of ``cfg`` and load ``weights`` (default ``cfg.MODEL.WEIGHTS``; empty:
-        keep the random initialisation). ``kwargs``: ``batch_size``, ``dtype``, ``compile``.
+        keep the random initialisation). ``kwargs``: ``batch_size``, ``dtype``, ``backend``
+        (see the class), ``metadata``.
 
         A CUDA ``MODEL.DEVICE`` falls back to the CPU when CUDA is absent (with a warning).
         Datasets declared in ``DATASETS.CUSTOM`` are registered; the predictor's ``metadata``
@@ -225,7 +276,7 @@ class Predictor:
             size_divisibility=self.model.size_divisibility,
         )  # (B, 3, H_pad, W_pad)
         with self._autocast():
-            pred_logits, pred_masks = self._forward(images.tensor)
+            pred_logits, pred_masks = self._network(images.tensor)
         return self.model.postprocessor(
             pred_logits.float(),  # (B, Q, K+1)
             pred_masks.float(),  # (B, Q, H_pad/4, W_pad/4)

@@ -1,9 +1,16 @@
 """Fixtures shared by the whole suite."""
 
+import os
+
 import pytest
 
 from mask2former.data.datasets.register_synthetic import register_all_synthetic
 from mask2former.data.synthetic import generate_synthetic_dataset
+
+# Predictors that name no backend run eager PyTorch here, not the "auto" choice (which exports
+# the network once per input size); tests/test_predictor_backends.py covers the other backends.
+# M2F_PREDICTOR_BACKEND=openvino (or another backend) runs the suite's Predictors in it.
+os.environ.setdefault("M2F_PREDICTOR_BACKEND", "eager")
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
-"""mask2former.export and tools/export_model.py: ONNX (onnxruntime) and torch.export against
-eager, on a tiny randomly initialised synthetic-config model at 64x64."""
+"""mask2former.export and tools/export_model.py: ONNX (onnxruntime, OpenVINO) and torch.export
+against eager, on a tiny randomly initialised synthetic-config model at 64x64."""
 
 import importlib.util
 import os
@@ -13,9 +13,11 @@ from mask2former.config import load_config
 from mask2former.export import (
     export_onnx,
     export_torch,
+    load_openvino,
     postprocess,
     prepare_image,
     run_onnx,
+    run_openvino,
 )
 from mask2former.modeling.inference import InferenceNetwork
 
@@ -74,6 +76,8 @@ def test_onnx_matches_eager(model, example, tmp_path):
     assert {node.domain for node in graph.node} <= {"", "ai.onnx"}
     got = run_onnx(path, images)
     _assert_close_to_eager(got, expected)
+    if importlib.util.find_spec("openvino") is not None:  # the same graph in OpenVINO
+        _assert_close_to_eager(run_openvino(load_openvino(path, threads=1), images), expected)
 
     # Post-processing of the onnxruntime outputs gives the eager model's results.
     sizes = {"input_size": (SIZE, SIZE), "image_sizes": [image_size], "output_sizes": [(48, 80)]}
@@ -115,4 +119,4 @@ def test_export_cli(model, tmp_path):
     assert tool.main(argv) == 0
     assert output.is_file()
     with pytest.raises(SystemExit, match="nowhere.pth"):
-        tool.main(argv[:-len(OPTS)] + [*OPTS, "MODEL.WEIGHTS", str(tmp_path / "nowhere.pth")])
+        tool.main(argv[: -len(OPTS)] + [*OPTS, "MODEL.WEIGHTS", str(tmp_path / "nowhere.pth")])

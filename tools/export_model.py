@@ -9,8 +9,11 @@
 The exported graph takes "images" (B, 3, H, W), normalised with the config's PIXEL_MEAN /
 PIXEL_STD and zero-padded to H x W, and returns "pred_logits" (B, Q, K+1) and "pred_masks"
 (B, Q, H/4, W/4). Pre- and post-processing are ``mask2former.export.prepare_image`` and
-``mask2former.export.postprocess``. ``--format torch_export`` writes a ``.pt2`` file
-(``torch.export.load``). H and W must be multiples of 32 (default: INPUT.MIN_SIZE_TEST, square).
+``mask2former.export.postprocess``. An ONNX file is checked in every installed runtime
+(onnxruntime, OpenVINO); the worst difference counts. ``--format torch_export`` writes a ``.pt2``
+file (``torch.export.load``). H and W must be multiples of 32 (default: INPUT.MIN_SIZE_TEST,
+square). The ``Predictor`` exports the same graph itself for its "onnxruntime" and "openvino"
+backends (``mask2former.backends``).
 """
 
 from __future__ import annotations
@@ -24,8 +27,16 @@ import torch
 from detectron2.modeling import build_model
 
 import mask2former  # noqa: F401  (registers the model components)
+from mask2former.backends import missing_packages
 from mask2former.config import UnknownConfigKeyError, adjust_for_device, load_config
-from mask2former.export import export_onnx, export_torch, run_onnx
+from mask2former.export import (
+    export_onnx,
+    export_torch,
+    load_onnx,
+    load_openvino,
+    run_onnx,
+    run_openvino,
+)
 from mask2former.modeling.inference import InferenceNetwork, round_up_to_divisor
 from mask2former.predictor import load_weights
 
@@ -66,7 +77,8 @@ def build_eval_model(cfg) -> torch.nn.Module:
 def export_and_check(args) -> dict:
     """Export as ``args`` say and compare with eager on a random input.
 
-    Returns the largest absolute differences {"pred_logits": ..., "pred_masks": ...}.
+    Returns the largest absolute differences {"pred_logits": ..., "pred_masks": ...} (for ONNX,
+    the worst over the installed runtimes).
     """
     cfg = load_config(args.config_file, args.opts)
     for note in adjust_for_device(cfg):
@@ -80,19 +92,29 @@ def export_and_check(args) -> dict:
     images = images.to(model.device)
     with torch.no_grad():
         expected = InferenceNetwork(model).eval()(images)
+    outputs = {}  # runtime -> (pred_logits, pred_masks)
     if args.format == "onnx":
         export_onnx(model, args.output, height=height, width=width, batch_size=args.batch_size)
-        got = [torch.as_tensor(x) for x in run_onnx(args.output, images)]
+        runtimes = {"onnxruntime": (load_onnx, run_onnx), "openvino": (load_openvino, run_openvino)}
+        for runtime, (load, run) in runtimes.items():
+            if missing_packages(runtime):
+                logger.info("%s is not installed: not checked there", runtime)
+                continue
+            outputs[runtime] = run(load(args.output), images)
+        if not outputs:
+            raise ValueError("checking an ONNX export needs onnxruntime or openvino (pip)")
     else:
         program = export_torch(model, height=height, width=width, batch_size=args.batch_size)
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         torch.export.save(program, args.output)
         with torch.no_grad():
-            got = torch.export.load(args.output).module()(images)
-    diffs = {
-        name: float((g.to(e.device) - e).abs().max())
-        for name, g, e in zip(("pred_logits", "pred_masks"), got, expected)
-    }
+            outputs["torch.export"] = torch.export.load(args.output).module()(images)
+    diffs = {"pred_logits": 0.0, "pred_masks": 0.0}
+    for runtime, got in outputs.items():
+        for name, g, e in zip(list(diffs), got, expected):
+            diff = float((torch.as_tensor(g).to(e.device) - e).abs().max())
+            logger.info("%s: largest difference to eager of %s %.2e", runtime, name, diff)
+            diffs[name] = max(diffs[name], diff)
     logger.info(
         "wrote %s (%s, input %dx%dx%dx%d); largest difference to eager: logits %.2e, masks %.2e",
         args.output, args.format, args.batch_size, 3, height, width,
