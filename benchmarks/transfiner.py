@@ -250,7 +250,10 @@ def run_overfit(args) -> None:
 
     start = time.perf_counter()
     model.train()
-    for it in range(args.iters):
+    if args.weights:  # evaluate the model a previous overfit run saved: no training
+        model.load_state_dict(torch.load(args.weights, weights_only=True)["model"])
+        logger.info("loaded %s, skipping training", args.weights)
+    for it in range(0 if args.weights else args.iters):
         batch = [train_set[(2 * it + k) % len(train_set)] for k in range(2)]
         images = model.preprocess_image(batch)
         features = model.backbone(images.tensor)
@@ -266,10 +269,11 @@ def run_overfit(args) -> None:
                         time.perf_counter() - start)
 
     @torch.no_grad()
-    def measure(dataset, refine_limit, thresholds):
+    def measure(dataset, refine_limit, thresholds, align_corners):
         model.eval()
         model.roi_heads.max_refine_rois_test = refine_limit
         model.roi_heads.mask_head.inc_thresh_test = thresholds
+        model.roi_heads.mask_head.upsample_align_corners = align_corners
         mask_ious, boundary_ious = [], []
         for d in dataset:
             images = model.preprocess_image([d])
@@ -283,22 +287,27 @@ def run_overfit(args) -> None:
         return {"mask_IoU": 100 * statistics.mean(mask_ious),
                 "boundary_IoU": 100 * statistics.mean(boundary_ious), "instances": len(mask_ious)}
 
-    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    torch.save({"model": model.state_dict()},
-               os.path.join(cfg.OUTPUT_DIR, f"overfit_seed{args.seed}.pth"))
+    if not args.weights:
+        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        torch.save({"model": model.state_dict()},
+                   os.path.join(cfg.OUTPUT_DIR, f"overfit_seed{args.seed}.pth"))
     reference = tuple(cfg.MODEL.TRANSFINER.INC_THRESH_TEST)
+    incoherent_top = (cfg.MODEL.TRANSFINER.INC_THRESH_TRAIN[0], *reference[1:])
     variants = {
-        "refined": (10**6, reference),
+        # refinement with the reference's level-to-level upsampling (align_corners=True) ...
+        "refined": (10**6, reference, True),
+        # ... and with the cell-centre one (MODEL.TRANSFINER.UPSAMPLE_ALIGN_CORNERS False)
+        "refined_centre_upsampling": (10**6, reference, False),
         # the top level refined only at incoherent cells (q >= the training threshold), the
         # other cells keep the coarse mask
-        "refined_incoherent_top": (10**6, (cfg.MODEL.TRANSFINER.INC_THRESH_TRAIN[0],
-                                           *reference[1:])),
-        "coarse_upsampled": (0, reference),
+        "refined_incoherent_top": (10**6, incoherent_top, True),
+        "refined_incoherent_top_centre_upsampling": (10**6, incoherent_top, False),
+        "coarse_upsampled": (0, reference, True),
     }
     results = {}
     for split, dataset in (("train", train_set), ("val", val_set)):
-        for variant, (limit, thresholds) in variants.items():
-            results[f"{split}/{variant}"] = measure(dataset, limit, thresholds)
+        for variant, (limit, thresholds, align) in variants.items():
+            results[f"{split}/{variant}"] = measure(dataset, limit, thresholds, align)
             logger.info("%s %s: %s", split, variant, results[f"{split}/{variant}"])
     _write(args.out or f"transfiner_overfit_seed{args.seed}.json",
            {"images": args.images, "iters": args.iters, "lr": args.lr, "opts": args.opts,
@@ -336,6 +345,8 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=150)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights", default=None,
+                   help="evaluate this saved overfit model instead of training")
     p.add_argument("--out", default=None, help="file name under benchmarks/results/")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")

@@ -81,6 +81,7 @@ class TransfinerMaskHead(BaseMaskRCNNHead):
         signed_residue: bool = True,
         loss_weights: dict[str, float],
         dilate_and_blur: bool = False,
+        upsample_align_corners: bool = True,
         **kwargs,
     ):
         """
@@ -100,6 +101,8 @@ class TransfinerMaskHead(BaseMaskRCNNHead):
             signed_residue: incoherence target from the signed residue (the reference's code).
             loss_weights: "coarse", "incoherent", "refine", "semantic", "boundary".
             dilate_and_blur: test-time dilation of the last node set and blur of the result.
+            upsample_align_corners: of the 2x upsamplings between quadtree levels at inference
+                (True: the reference; see :func:`write_levels`).
         """
         super().__init__(**kwargs)
         if level_sizes[0] != 2 * input_shape.height:
@@ -143,6 +146,7 @@ class TransfinerMaskHead(BaseMaskRCNNHead):
         self.signed_residue = signed_residue
         self.loss_weights = dict(loss_weights)
         self.dilate_and_blur = dilate_and_blur
+        self.upsample_align_corners = upsample_align_corners
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -174,6 +178,7 @@ class TransfinerMaskHead(BaseMaskRCNNHead):
                 "boundary": t.BOUNDARY_WEIGHT,
             },
             dilate_and_blur=t.TEST_DILATE_AND_BLUR,
+            upsample_align_corners=t.UPSAMPLE_ALIGN_CORNERS,
         )
         return ret
 
@@ -292,7 +297,10 @@ class TransfinerMaskHead(BaseMaskRCNNHead):
             level_feats=pooled.fine, level_index=level_index, level_padding=level_padding,
         )
         level_probs = [o.sigmoid() for o in outputs[1:]]
-        mask = write_levels(probs, level_probs, level_index, level_padding, self.level_sizes)
+        mask = write_levels(
+            probs, level_probs, level_index, level_padding, self.level_sizes,
+            align_corners=self.upsample_align_corners,
+        )  # (R', 1, s, s)
         return blur_binomial(mask) if self.dilate_and_blur else mask
 
     def predict(self, coarse, inc_logits, pooled: TransfinerPooled, instances) -> None:

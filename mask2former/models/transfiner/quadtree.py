@@ -187,13 +187,18 @@ def write_levels(
     level_index: list[torch.Tensor],
     level_padding: list[torch.Tensor],
     level_sizes: tuple[int, ...],
+    *,
+    align_corners: bool = True,
 ) -> torch.Tensor:
     """Level-by-level mask assembly: write the refined probabilities at level 0's nodes, upsample
-    2x (bilinear, align_corners=True), write level 1's nodes, and so on.
+    2x (bilinear), write level 1's nodes, and so on.
 
     Args:
         coarse_probs: (R, 1, S, S) with S = level_sizes[0].
         level_probs: per level, (R, L_i) refined probabilities.
+        align_corners: of the 2x upsamplings. True is the reference's choice; it stretches the
+            grid (corner cells to corner cells), so the unrefined cells move outwards by up to
+            half a coarse cell. False keeps the cell-centre geometry of RoIAlign's targets.
 
     Returns:
         (R, 1, s_last, s_last).
@@ -202,7 +207,9 @@ def write_levels(
     for i, (probs, index, pad) in enumerate(zip(level_probs, level_index, level_padding)):
         size = level_sizes[i]
         if mask.shape[-1] != size:
-            mask = F.interpolate(mask, (size, size), mode="bilinear", align_corners=True)
+            mask = F.interpolate(
+                mask, (size, size), mode="bilinear", align_corners=align_corners
+            )  # (R, 1, s, s)
         flat = mask.flatten(1)  # (R, s*s)
         values = torch.where(pad, flat.gather(1, index), probs.to(flat.dtype))  # (R, L_i)
         mask = flat.scatter(1, index, values).view_as(mask)  # (R, 1, s, s)

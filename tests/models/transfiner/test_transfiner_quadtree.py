@@ -82,6 +82,36 @@ def test_no_nodes_gives_the_bilinear_upsampling_of_the_coarse_mask():
     torch.testing.assert_close(out, up)
 
 
+def _disc(size: int, radius: float) -> torch.Tensor:
+    """(1, 1, size, size) disc of ``radius`` (in units of the grid side) at the grid centre,
+    sampled at the cell centres."""
+    c = (torch.arange(size) + 0.5) / size - 0.5
+    return ((c[:, None] ** 2 + c[None, :] ** 2) < radius**2).float()[None, None]
+
+
+def test_cell_centre_upsampling_keeps_the_geometry_of_a_perfect_coarse_mask():
+    """With no nodes the 112 mask is the 28 mask upsampled; a perfect 28x28 disc (area
+    averages of the 112 disc) must come back as that disc. align_corners=True stretches the
+    grid outwards; align_corners=False keeps the cell centres where RoIAlign puts them."""
+    gt = _disc(112, 0.3)  # (1, 1, 112, 112)
+    coarse = F.avg_pool2d(gt, 4)  # (1, 1, 28, 28)
+    empty = [torch.zeros(1, 0, dtype=torch.long)] * 3
+    no_pad = [torch.zeros(1, 0, dtype=torch.bool)] * 3
+    values = [torch.zeros(1, 0)] * 3
+
+    def iou(align_corners):
+        out = write_levels(coarse, values, empty, no_pad, SIZES, align_corners=align_corners)
+        pred, ref = out > 0.5, gt > 0.5
+        return float((pred & ref).sum() / (pred | ref).sum())
+
+    stretched, centred = iou(True), iou(False)
+    assert centred > 0.98
+    assert stretched < centred - 0.02
+    # the stretch moves the mask outwards: it only adds pixels
+    out = write_levels(coarse, values, empty, no_pad, SIZES, align_corners=True) > 0.5
+    assert out.sum() > (gt > 0.5).sum()
+
+
 def _encoder():
     torch.manual_seed(0)
     return TransfinerEncoder(
