@@ -6,6 +6,8 @@ see the README's SegViT section). Layout under ``$DETECTRON2_DATASETS``::
 
     pascal_ctx_d2/images/{training,validation}/*.jpg
     pascal_ctx_d2/annotations_ctx59/{training,validation}/*.png   uint8 ids 0..58, 255 = ignore
+
+``datasets/prepare_pascal_context.py`` writes it from the official release and VOC 2010.
 """
 
 from __future__ import annotations

@@ -97,7 +97,8 @@ def test_overlapping_windows_are_averaged():
 
 @torch.no_grad()
 def test_shrunk_model_gives_the_plain_models_output_shapes():
-    shrunk = tiny_model("MODEL.VIT.SHRINK_INDEX", "2", "MODEL.VIT.OUT_INDICES", "[1, 5]",
+    shrunk = tiny_model("MODEL.VIT.DEPTH", "6", "MODEL.VIT.SHRINK_INDEX", "2",
+                        "MODEL.VIT.OUT_INDICES", "[1, 5]",
                         "MODEL.SEM_SEG_HEAD.NAME", "ShrunkATMHead", "MODEL.SEGVIT.NUM_STAGES", "2",
                         "MODEL.VIT.PATCH_SIZE", "16", "MODEL.SEGVIT.TEST.MODE", "slide",
                         "MODEL.SEGVIT.TEST.SLIDE_CROP", "(64, 64)",
