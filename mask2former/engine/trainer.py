@@ -4,7 +4,7 @@
 and customised through its overridable builders, as the official ``train_net.py`` (mapper by
 ``INPUT.DATASET_MAPPER_NAME``, evaluators by the dataset's ``evaluator_type`` through
 :func:`mask2former.evaluation.build_evaluator`, AdamW with parameter groups, poly schedule), and
-in three more points:
+in these points:
 
 - checkpoints are read with :class:`~mask2former.utils.checkpoint.SafeCheckpointer` (no code
   runs from a weight file; tensors that do not fit raise an error); it replaces Detectron2's
@@ -12,7 +12,12 @@ in three more points:
 - it runs on the CPU in one or several processes (DDP without ``device_ids`` there, see
   :func:`_init_with_cpu_ddp`);
 - AMP is used only on CUDA (:func:`mask2former.engine.defaults.setup` turns it off elsewhere;
-  the trainer does too, with a warning, for configs that did not go through ``setup``).
+  the trainer does too, with a warning, for configs that did not go through ``setup``);
+- a non-finite loss term stops training before the optimizer step, in every process, with a
+  :class:`FloatingPointError` naming the iteration, the terms and the last checkpoint (which
+  is kept: nothing is saved after the failed step). Detectron2 only checks the total, in the
+  main process, after gathering;
+- a run stopped by an error runs no final evaluation (:meth:`Trainer.after_train`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ import os
 import types
 import weakref
 from collections import OrderedDict
+from collections.abc import Mapping
 
+import torch
+import torch.distributed as dist
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, create_ddp_model, hooks
@@ -85,6 +93,7 @@ class Trainer(DefaultTrainer):
         else:
             super().__init__(cfg)
         self._use_safe_checkpointer()
+        self._check_losses_before_the_step()
 
     @staticmethod
     def _without_amp_off_cuda(cfg: CfgNode) -> CfgNode:
@@ -116,6 +125,60 @@ class Trainer(DefaultTrainer):
         for hook in self._hooks:
             if isinstance(hook, hooks.PeriodicCheckpointer) and hook.checkpointer is previous:
                 hook.checkpointer = self.checkpointer
+
+    def _check_losses_before_the_step(self) -> None:
+        """Make the inner trainer run :meth:`_raise_if_not_finite` where it writes the metrics of
+        a step: after the backward pass, before the optimizer step (``SimpleTrainer.run_step``),
+        with the loss dict of this process."""
+        write_metrics = self._trainer._write_metrics
+
+        def check_then_write(loss_dict, data_time, prefix="", iter=None):  # noqa: A002
+            self._raise_if_not_finite(loss_dict, self._trainer.iter if iter is None else iter)
+            write_metrics(loss_dict, data_time, prefix=prefix, iter=iter)
+
+        self._trainer._write_metrics = check_then_write
+
+    def _raise_if_not_finite(self, loss_dict: Mapping[str, torch.Tensor], iteration: int) -> None:
+        """Raise :class:`FloatingPointError` in every process when a loss term of any process
+        is NaN or infinite (one flag is all-reduced, so that no process steps on alone)."""
+        names = list(loss_dict)
+        values = torch.stack([loss_dict[k].detach().float().reshape(()) for k in names])  # (T,)
+        finite = torch.isfinite(values)  # (T,)
+        flag = (~finite).any().to(torch.int32).reshape(1)  # (1,)
+        if comm.get_world_size() > 1 and dist.is_initialized():
+            dist.all_reduce(flag)
+        if not flag.item():
+            return
+        bad = [f"{k}={v:g}" for k, v, ok in zip(names, values.tolist(), finite.tolist()) if not ok]
+        where = (
+            f"in this process (rank {comm.get_rank()}): {', '.join(bad)}"
+            if bad
+            else f"in another process (rank {comm.get_rank()} has finite losses)"
+        )
+        if self.checkpointer.has_checkpoint():
+            kept = f"the last checkpoint, {self.checkpointer.get_checkpoint_file()}, is kept"
+        else:
+            kept = "no checkpoint had been written yet"
+        raise FloatingPointError(
+            f"Non-finite loss at iteration {iteration} {where}. Training stopped before the "
+            f"optimizer step; {kept}. Lower SOLVER.BASE_LR, enable SOLVER.CLIP_GRADIENTS or "
+            "check the data of this iteration."
+        )
+
+    def after_train(self) -> None:
+        """Detectron2's ``after_train``, without the final evaluation (and best-checkpoint
+        saving) when an error stopped the loop before ``max_iter``. Detectron2 runs them when
+        the failed iteration was the last one: on weights whose BatchNorm statistics a
+        non-finite forward pass may have spoilt, and an error there would hide the first."""
+        if self.iter < self.max_iter:
+            skipped = (hooks.EvalHook, hooks.BestCheckpointer)
+            self._hooks = [h for h in self._hooks if not isinstance(h, skipped)]
+            logger.info(
+                "Training stopped at iteration %d of %d: no final evaluation.",
+                self.iter,
+                self.max_iter,
+            )
+        super().after_train()
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -9,14 +9,23 @@ A checkpoint tensor whose shape differs from the model's raises :class:`ValueErr
 such key with both shapes, unless ``allow_shape_mismatch`` is set (config key
 ``MODEL.WEIGHTS_ALLOW_SHAPE_MISMATCH``, e.g. to fine-tune with another number of classes); then
 those tensors keep the model's fresh initialisation, named in one warning line.
+
+Checkpoints and ``last_checkpoint`` are written atomically (a temporary file in the same folder,
+then a rename), so a process killed while saving leaves the previous checkpoint named by
+``last_checkpoint`` and loadable. When resuming, a checkpoint that cannot be read (truncated,
+corrupt, missing) is named in a warning and the newest readable checkpoint of the folder is used
+instead; if none can be read, resuming stops with :class:`UnreadableCheckpointError` naming each
+file and why.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import os
 import pickle
-from typing import Any
+import zipfile
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -24,7 +33,12 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from detectron2.utils.file_io import PathManager
 
-__all__ = ["RestrictedUnpickler", "SafeCheckpointer", "load_pickle_safely"]
+__all__ = [
+    "RestrictedUnpickler",
+    "SafeCheckpointer",
+    "UnreadableCheckpointError",
+    "load_pickle_safely",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +55,69 @@ _ALLOWED_GLOBALS = {
 }
 for _core in ("numpy.core", "numpy._core"):
     # Protocol 5 rebuilds contiguous arrays from an in-band buffer with numeric._frombuffer.
-    for _module, _name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"),
-                           ("numeric", "_frombuffer")):
+    for _module, _name in (
+        ("multiarray", "_reconstruct"),
+        ("multiarray", "scalar"),
+        ("numeric", "_frombuffer"),
+    ):
         _ALLOWED_GLOBALS[(f"{_core}.{_module}", _name)] = (f"{_NUMPY_CORE}.{_module}", _name)
+
+
+# What reading a truncated, corrupt or vanished checkpoint file raises (torch.load: RuntimeError
+# for a broken zip archive, EOFError / UnpicklingError for a broken legacy pickle).
+_READ_ERRORS = (OSError, EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile)
+
+
+class UnreadableCheckpointError(RuntimeError):
+    """No checkpoint of the output folder could be read when resuming."""
+
+
+class _AtomicFile:
+    """``with`` block over ``<path>.tmp`` opened in ``mode``; on a clean exit the file is flushed
+    to disk and renamed over ``path`` (the rename too is flushed), otherwise it is removed."""
+
+    def __init__(self, path: str, mode: str):
+        self.path, self.tmp = path, path + ".tmp"
+        self.file = open(self.tmp, mode)
+
+    def __enter__(self) -> IO:
+        return self.file
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is not None:
+            self.file.close()
+            os.remove(self.tmp)
+            return
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.tmp, self.path)
+        folder = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+class _AtomicWrites:
+    """Detectron2's PathManager, except that ``open(path, "w"/"wb")`` of a file in a local folder
+    is an :class:`_AtomicFile`: readers of ``path`` see the old file or the complete new one.
+
+    fvcore's ``Checkpointer.save`` and ``tag_last_checkpoint`` write through
+    ``self.path_manager.open`` in a ``with`` block, so with this path manager both the checkpoint
+    and ``last_checkpoint`` are written atomically, the latter only once the former is complete.
+    """
+
+    def __init__(self, path_manager):
+        self._path_manager = path_manager
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._path_manager, name)
+
+    def open(self, path: str, mode: str = "r", **kwargs: Any):
+        if mode in ("w", "wb") and not kwargs and os.path.isdir(os.path.dirname(path) or "."):
+            return _AtomicFile(path, mode)
+        return self._path_manager.open(path, mode, **kwargs)
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -82,22 +156,73 @@ def load_pickle_safely(filename: str) -> Any:
 def _strip_module_prefix(state_dict: dict[str, Any]) -> dict[str, Any]:
     """Names without the "module." prefix of (Distributed)DataParallel, as fvcore loads them."""
     if state_dict and all(k.startswith("module.") for k in state_dict):
-        return {k[len("module."):]: v for k, v in state_dict.items()}
+        return {k[len("module.") :]: v for k, v in state_dict.items()}
     return state_dict
 
 
 class SafeCheckpointer(DetectionCheckpointer):
     """:class:`DetectionCheckpointer` with safe file reading and a strict shape check.
 
-    Saving, resuming (model, optimizer, scheduler, iteration) and the model-zoo name-matching
-    heuristics are Detectron2's.
+    What is saved and resumed (model, optimizer, scheduler, iteration), how it is written
+    (``save``, ``tag_last_checkpoint``) and the model-zoo name-matching heuristics are
+    Detectron2's; the writing goes through :class:`_AtomicWrites`, and resuming skips unreadable
+    checkpoints (see the module docstring).
     """
 
     def __init__(self, model, save_dir="", *, allow_shape_mismatch: bool = False, **kwargs):
         super().__init__(model, save_dir, **kwargs)
         self.allow_shape_mismatch = allow_shape_mismatch
+        self.path_manager = _AtomicWrites(self.path_manager)  # Detectron2's saving, atomic
+        # (file name, its content) read by resume_or_load before load() reads it again.
+        self._read_ahead: tuple[str, dict[str, Any]] | None = None
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
+        """Detectron2's ``resume_or_load``; when resuming, a checkpoint that cannot be read is
+        skipped with a warning for the next newest one (see the module docstring)."""
+        if not (resume and self.has_checkpoint()):
+            return super().resume_or_load(path, resume=resume)
+        last = self.get_checkpoint_file()
+        older = [f for f in self._checkpoints_newest_first() if f != last]
+        failures = []
+        for candidate in [last, *older]:
+            try:
+                checkpoint = self._torch_load(candidate)  # checkpoints are .pth files
+            except _READ_ERRORS as e:
+                failures.append(f"  {candidate}: {type(e).__name__}: {e}")
+                logger.warning(
+                    "Cannot resume from %s (%s: %s); trying the next newest checkpoint.",
+                    candidate,
+                    type(e).__name__,
+                    e,
+                )
+                continue
+            if failures:
+                logger.warning(
+                    "Resuming from %s: it is the newest readable checkpoint (%s named %s, "
+                    "which could not be read).",
+                    candidate,
+                    os.path.join(self.save_dir, "last_checkpoint"),
+                    last,
+                )
+            self._read_ahead = (candidate, checkpoint)
+            try:
+                return self.load(candidate)
+            finally:
+                self._read_ahead = None
+        raise UnreadableCheckpointError(
+            f"Cannot resume: no checkpoint in {self.save_dir} can be read.\n"
+            + "\n".join(failures)
+            + "\nRemove the folder's last_checkpoint to start afresh from MODEL.WEIGHTS."
+        )
+
+    def _checkpoints_newest_first(self) -> list[str]:
+        """The folder's ``.pth`` files, most recently written first."""
+        files = self.get_all_checkpoint_files()
+        return sorted(files, key=lambda f: (os.path.getmtime(f), f), reverse=True)
 
     def _torch_load(self, f: str) -> dict[str, Any]:
+        if self._read_ahead is not None and self._read_ahead[0] == f:
+            return self._read_ahead[1]
         with PathManager.open(f, "rb") as stream:
             return torch.load(stream, map_location="cpu", weights_only=True)
 
@@ -121,7 +246,8 @@ class SafeCheckpointer(DetectionCheckpointer):
             if "model_state" not in data:
                 raise ValueError(f"{filename}: pycls checkpoints must contain 'model_state'.")
             model_state = {
-                k: v for k, v in data["model_state"].items()
+                k: v
+                for k, v in data["model_state"].items()
                 if not k.endswith("num_batches_tracked")
             }
             return {"model": model_state, "__author__": "pycls", "matching_heuristics": True}
@@ -154,8 +280,9 @@ class SafeCheckpointer(DetectionCheckpointer):
                 "Re-initialised %d tensor(s) whose shape differs from the checkpoint "
                 "(MODEL.WEIGHTS_ALLOW_SHAPE_MISMATCH): %s",
                 len(mismatches),
-                "; ".join(f"{key} {tuple(ckpt)} -> {tuple(model)}"
-                          for key, ckpt, model in mismatches),
+                "; ".join(
+                    f"{key} {tuple(ckpt)} -> {tuple(model)}" for key, ckpt, model in mismatches
+                ),
             )
         return super()._load_model(checkpoint)
 
