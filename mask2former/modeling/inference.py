@@ -27,7 +27,13 @@ from detectron2.utils.memory import retry_if_cuda_oom
 from torch import nn
 from torch.nn import functional as F
 
-from .postprocessing import instance_inference, panoptic_inference, semantic_inference
+from .postprocessing import (
+    instance_inference,
+    instance_topk,
+    panoptic_inference,
+    panoptic_keep,
+    semantic_inference,
+)
 
 __all__ = [
     "TASKS",
@@ -185,8 +191,11 @@ class PostProcessor:
         NUM_CLASSES`` and ``TEST.DETECTIONS_PER_IMAGE``; thing ids from ``metadata`` (None:
         every class is stuff)."""
         test = cfg.MODEL.MASK_FORMER.TEST if test is None else test
-        on = {"semantic": test.SEMANTIC_ON, "panoptic": test.PANOPTIC_ON,
-              "instance": test.INSTANCE_ON}
+        on = {
+            "semantic": test.SEMANTIC_ON,
+            "panoptic": test.PANOPTIC_ON,
+            "instance": test.INSTANCE_ON,
+        }
         mapping = getattr(metadata, "thing_dataset_id_to_contiguous_id", None) or {}
         return cls(
             num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
@@ -224,6 +233,10 @@ class PostProcessor:
             pred_logits, pred_masks, image_sizes, output_sizes
         ):
             if self.sem_seg_postprocess_before_inference:
+                # Only the queries some task reads are resized to full resolution.
+                queries = self.queries_needed(mask_cls)  # (Q',) or None: all
+                if queries is not None:
+                    mask_cls, masks = mask_cls[queries], masks[queries]
                 mask_pred = self.resize_masks(masks, padded_size, image_size, output_size)
                 results.append(self.process_image(mask_cls.to(mask_pred), mask_pred))
             else:  # semantic only: resize the scores instead of the Q mask logits
@@ -233,6 +246,35 @@ class PostProcessor:
                 results.append({"sem_seg": sem_seg})  # (K, height, width)
         return results
 
+    def queries_needed(self, mask_cls: torch.Tensor) -> torch.Tensor | None:
+        """The queries whose masks the enabled tasks read, from one image's class logits
+        (Q, K+1): (Q',) ascending indices, or None when that is all of them (semantic reads
+        every query). Panoptic reads its confident queries, instance those of its top-k
+        detections; the results on these queries alone are the same as on all."""
+        if "semantic" in self.tasks:
+            return None
+        needed = torch.zeros(mask_cls.shape[0], dtype=torch.bool, device=mask_cls.device)
+        if "panoptic" in self.tasks:
+            kept, _, _ = panoptic_keep(
+                mask_cls,
+                num_classes=self.num_classes,
+                object_mask_threshold=self.object_mask_threshold,
+            )
+            needed[kept] = True
+        if "instance" in self.tasks:
+            # Every query of the top-k, before the thing filter: on fewer queries the top-k
+            # would reach further down and pick other detections.
+            _, _, queries = instance_topk(
+                mask_cls,
+                num_classes=self.num_classes,
+                test_topk_per_image=self.test_topk_per_image,
+                thing_ids=None,
+            )
+            needed[queries] = True
+        if bool(needed.all()):
+            return None
+        return needed.nonzero().squeeze(1)
+
     @staticmethod
     def resize_masks(
         masks: torch.Tensor,
@@ -241,9 +283,15 @@ class PostProcessor:
         output_size: tuple[int, int],
     ) -> torch.Tensor:
         """One image's (Q, h, w) mask logits -> (Q, height, width): upsampled to the padded
-        input, cropped to the image, resized to the output size."""
+        input, cropped to the image, resized to the output size (skipped when the crop has that
+        size already: bilinear resizing to the same size is the identity)."""
         mask_pred = _upsample(masks, padded_size)  # (Q, H_pad, W_pad)
-        return retry_if_cuda_oom(sem_seg_postprocess)(mask_pred, image_size, *output_size)
+        h, w = image_size
+        if tuple(mask_pred.shape[-2:]) != (h, w):
+            mask_pred = mask_pred[:, :h, :w]  # (Q, H, W)
+        if (h, w) == tuple(output_size):
+            return mask_pred.contiguous()
+        return _upsample(mask_pred, output_size)  # (Q, height, width)
 
     def process_image(
         self,
@@ -255,8 +303,12 @@ class PostProcessor:
         output size; ``tasks``: a subset of the enabled tasks (default all of them)."""
         tasks = self.tasks if tasks is None else [t for t in self.tasks if t in tasks]
         result = {}
+        mask_prob = None  # (Q, H, W): computed once when semantic needs every query's
         if "semantic" in tasks:
-            result["sem_seg"] = retry_if_cuda_oom(semantic_inference)(mask_cls, mask_pred)
+            mask_prob = mask_pred.sigmoid()
+            result["sem_seg"] = retry_if_cuda_oom(semantic_inference)(
+                mask_cls, mask_pred, mask_prob=mask_prob
+            )
         if "panoptic" in tasks:
             result["panoptic_seg"] = retry_if_cuda_oom(panoptic_inference)(
                 mask_cls,
@@ -265,6 +317,7 @@ class PostProcessor:
                 object_mask_threshold=self.object_mask_threshold,
                 overlap_threshold=self.overlap_threshold,
                 thing_ids=self.thing_ids,
+                mask_prob=mask_prob,
             )
         if "instance" in tasks:
             result["instances"] = retry_if_cuda_oom(instance_inference)(
@@ -274,6 +327,7 @@ class PostProcessor:
                 test_topk_per_image=self.test_topk_per_image,
                 thing_ids=self.thing_ids if "panoptic" in self.tasks else None,
                 image_size=tuple(mask_pred.shape[-2:]),
+                mask_prob=mask_prob,
             )
         return result
 

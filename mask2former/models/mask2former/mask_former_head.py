@@ -133,6 +133,25 @@ class MaskFormerHead(nn.Module):
         mask: torch.Tensor | None = None,
         targets: list[dict] | None = None,
     ):
+        mask_features, predictor_input = self._decoder_inputs(features)
+        if targets is None:
+            return self.predictor(predictor_input, mask_features, mask)
+        return self.predictor(predictor_input, mask_features, mask, targets=targets)
+
+    def forward_last(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference: backbone features -> the last prediction point only, ``pred_logits``
+        (B, Q, K+1) and ``pred_masks`` (B, Q, H/4, W/4) (the transformer decoder's
+        ``forward_last`` when it has one: it skips the full-size masks of the earlier points)."""
+        mask_features, predictor_input = self._decoder_inputs(features)
+        forward_last = getattr(self.predictor, "forward_last", None)
+        if forward_last is not None:
+            return forward_last(predictor_input, mask_features)
+        outputs = self.predictor(predictor_input, mask_features, None)
+        return outputs["pred_logits"], outputs["pred_masks"]
+
+    def _decoder_inputs(self, features: dict[str, torch.Tensor]):
+        """The pixel decoder's mask features (B, MASK_DIM, H/4, W/4) and the transformer
+        decoder's input selected by ``transformer_in_feature``."""
         mask_features, transformer_encoder_features, multi_scale_features = (
             self.pixel_decoder.forward_features(features)
         )
@@ -149,6 +168,4 @@ class MaskFormerHead(nn.Module):
             predictor_input = mask_features
         else:
             predictor_input = features[self.transformer_in_feature]
-        if targets is None:
-            return self.predictor(predictor_input, mask_features, mask)
-        return self.predictor(predictor_input, mask_features, mask, targets=targets)
+        return mask_features, predictor_input

@@ -42,6 +42,7 @@ class MaskFormer(nn.Module):
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         extra_loss: VariantLoss | None = None,
+        channels_last: bool = False,
     ):
         """
         Args:
@@ -57,6 +58,8 @@ class MaskFormer(nn.Module):
             extra_loss: the loss of the decoder variant's extra queries (e.g. MP-Former's), or
                 None. When set, training passes the targets to the head, whose decoder then
                 returns ``outputs[extra_loss.output_key]``.
+            channels_last: keep the 4-D weights of the backbone and head and the input images
+                in the channels-last memory format (``MODEL.MASK_FORMER.CHANNELS_LAST``).
         """
         super().__init__()
         self.backbone = backbone
@@ -70,6 +73,10 @@ class MaskFormer(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self.extra_loss = extra_loss
+        self.channels_last = channels_last
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+            self.sem_seg_head.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_config(cls, cfg):
@@ -118,6 +125,7 @@ class MaskFormer(nn.Module):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "extra_loss": extra_loss,
+            "channels_last": mf.CHANNELS_LAST,
         }
 
     @property
@@ -142,7 +150,7 @@ class MaskFormer(nn.Module):
         if any("instances" not in x for x in batched_inputs):
             raise ValueError("MaskFormer: training inputs need 'instances'")
         images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
+        features = self.backbone(self.format_images(images.tensor))
         gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
         targets = self.prepare_targets(gt_instances, images)
         if self.extra_loss is None:
@@ -163,9 +171,22 @@ class MaskFormer(nn.Module):
 
     def forward_network(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The inference contract's network: normalised, padded images (B, 3, H, W) ->
-        pred_logits (B, Q, K+1) and pred_masks (B, Q, H/4, W/4) of the last prediction."""
-        outputs = self.sem_seg_head(self.backbone(images))
+        pred_logits (B, Q, K+1) and pred_masks (B, Q, H/4, W/4) of the last prediction.
+
+        The head's ``forward_last`` (when it has one) computes only that prediction's
+        full-size masks (see ``MultiScaleMaskedTransformerDecoder.forward_last``)."""
+        features = self.backbone(self.format_images(images))
+        forward_last = getattr(self.sem_seg_head, "forward_last", None)
+        if forward_last is not None:
+            return forward_last(features)
+        outputs = self.sem_seg_head(features)
         return outputs["pred_logits"], outputs["pred_masks"]
+
+    def format_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in the memory format of the convolutions' weights."""
+        if self.channels_last:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
 
     def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
         """Normalised images on the model's device, zero-padded into one batch tensor

@@ -251,3 +251,22 @@ def test_extra_queries_compose_without_changing_learned_queries():
         assert c.shape == (B, Q + extra, K + 1) and m.shape == (B, Q + extra, *MASK_HW)
         torch.testing.assert_close(c[:, :Q], p["pred_logits"], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(m[:, :Q], p["pred_masks"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dec_layers", [1, 2, 7])
+def test_forward_last_matches_forward(dec_layers):
+    """Inference's last-point-only path (attention masks from resized mask features) gives the
+    forward pass's last prediction, with the same cross-attention masks at every layer."""
+    decoder = tiny_decoder(dec_layers=dec_layers).eval()
+    x, mask_features = tiny_inputs(seed=3)
+    calls = capture_cross_attention(decoder)
+    with torch.no_grad():
+        out = decoder(x, mask_features)
+        full_masks = [c["attn_mask"] for c in calls]
+        calls.clear()
+        logits, masks = decoder.forward_last(x, mask_features)
+    assert [c["attn_mask"].shape for c in calls] == [m.shape for m in full_masks]
+    for got, expected in zip(calls, full_masks):
+        assert torch.equal(got["attn_mask"], expected)
+    torch.testing.assert_close(logits, out["pred_logits"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(masks, out["pred_masks"], atol=1e-5, rtol=1e-5)

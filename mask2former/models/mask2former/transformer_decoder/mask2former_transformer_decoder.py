@@ -67,6 +67,12 @@ def mask_logits_to_attn_mask(
         (B*heads, Q, h*w) bool, True = not allowed, detached.
     """
     resized = F.interpolate(mask_logits, size=size, mode="bilinear", align_corners=False)
+    return resized_logits_to_attn_mask(resized, num_heads)
+
+
+def resized_logits_to_attn_mask(resized: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Cross-attention mask from mask logits (B, Q, h, w) already at the level's size:
+    (B*heads, Q, h*w) bool, True (not allowed) where the probability is below 0.5, detached."""
     # (B, Q, h, w) -> (B, Q, h*w) -> (B, heads, Q, h*w) -> (B*heads, Q, h*w)
     masked = resized.sigmoid().flatten(2).unsqueeze(1).repeat(1, num_heads, 1, 1).flatten(0, 1)
     return (masked < 0.5).detach()
@@ -252,6 +258,58 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             out[self.variant.output_key] = self.variant.empty_outputs()
             return out
         return self._decode_with_extra(output, query_pos, memory, mask_features, extra)
+
+    def forward_last(
+        self, x: list[torch.Tensor], mask_features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference: the last prediction point only, ``pred_logits`` (B, Q, K+1) and
+        ``pred_masks`` (B, Q, H/4, W/4), as :meth:`forward` gives them (no variant runs in
+        inference).
+
+        The earlier prediction points serve only the next layer's cross-attention mask, which
+        is the mask logits resized to that layer's level (1/32, 1/16 or 1/8). Resizing is
+        linear and acts on each channel alone, so it commutes with the product of the mask
+        embeddings and the mask features: the logits are computed at the level's size from
+        the mask features resized once per level, Q*C*h*w multiply-adds instead of
+        Q*C*(H/4)*(W/4) plus a resize of the Q full-size logits.
+
+        Args:
+            x: 3 maps (B, in_channels, H_l, W_l), lowest resolution first.
+            mask_features: (B, MASK_DIM, H/4, W/4).
+        """
+        if not self.mask_classification:
+            out = self.forward(x, mask_features)
+            return out["pred_logits"], out["pred_masks"]
+        memory = self._prepare_memory(x)
+        output, query_pos = self.initial_queries(mask_features.shape[0])
+        resized: dict[tuple[int, int], torch.Tensor] = {}  # (h, w) -> (B, MASK_DIM, h, w)
+
+        def attn_mask_for(queries: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+            if size not in resized:
+                resized[size] = F.interpolate(
+                    mask_features, size=size, mode="bilinear", align_corners=False
+                )
+            mask_embed = self.mask_embed(self.decoder_norm(queries).transpose(0, 1))  # (B, Q, C)
+            logits = torch.einsum("bqc,bchw->bqhw", mask_embed, resized[size])  # (B, Q, h, w)
+            return resized_logits_to_attn_mask(logits, self.num_heads)  # (B*heads, Q, h*w)
+
+        attn_mask = attn_mask_for(output, memory.sizes[0])
+        for i in range(self.num_layers):
+            level = i % self.num_feature_levels
+            output = self.forward_layer(
+                i,
+                output,
+                query_pos,
+                memory.src[level],
+                memory.pos[level],
+                cross_attn_mask=attn_mask,
+            )
+            if i < self.num_layers - 1:
+                attn_mask = attn_mask_for(output, memory.sizes[(i + 1) % self.num_feature_levels])
+        decoder_output = self.decoder_norm(output).transpose(0, 1)  # (B, Q, C)
+        mask_embed = self.mask_embed(decoder_output)  # (B, Q, MASK_DIM)
+        pred_masks = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
+        return self.class_embed(decoder_output), pred_masks
 
     def _decode_with_extra(
         self,
