@@ -110,8 +110,9 @@ def add_maskformer2_config(cfg: CN) -> None:
 
     # Pad the batch to a multiple of this (-1: use the backbone's size divisibility).
     cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY = 32
-    # Keep the convolutions' weights and the images in the channels-last memory format
-    # (oneDNN's NHWC kernels on the CPU: no layout reorders around every convolution).
+    # At inference (eval mode), keep the convolutions' weights and the images in the
+    # channels-last memory format (oneDNN's NHWC kernels on the CPU: no layout reorders around
+    # every convolution). Training uses the default format, which is faster there.
     cfg.MODEL.MASK_FORMER.CHANNELS_LAST = True
 
     # Point-sampled losses: points per mask, oversampling and importance ratio (PointRend).

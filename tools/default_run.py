@@ -107,7 +107,9 @@ def main(argv=None) -> int:
     records = DatasetCatalog.get(dataset)[: args.num_vis]
     final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
     report["pictures"] = save_prediction_grid(
-        Predictor.from_config(cfg, weights=final),  # RGB images in
+        # RGB images in; eager: a few images of varied sizes, where an exported backend would
+        # pay one export per padded size
+        Predictor.from_config(cfg, weights=final, backend="eager"),
         records,
         MetadataCatalog.get(dataset),
         os.path.join(cfg.OUTPUT_DIR, "predictions_val.png"),

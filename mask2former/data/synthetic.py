@@ -11,10 +11,11 @@ evaluator runs on it unchanged::
     <root>/<split>/done.json              written last: the generation parameters
 
 "Things" are shapes (circle, triangle, square, star) of random size, colour and rotation that
-occlude one another; "stuff" is a few large irregular regions textured with the real photographs
-shipped by scikit-image (brick, grass, gravel) or a sky gradient. Instance masks are the visible
-parts, so they agree pixel for pixel with the panoptic segments; shape fragments smaller than
-``MIN_THING_AREA`` pixels are left unlabelled (void).
+overlap and occlude one another, though a new shape never hides more than ``MAX_HIDDEN`` of an
+earlier one (it is placed elsewhere); "stuff" is a few large irregular regions textured with the
+real photographs shipped by scikit-image (brick, grass, gravel) or a sky gradient. Instance masks
+are the visible parts, so they agree pixel for pixel with the panoptic segments; shape fragments
+smaller than ``MIN_THING_AREA`` pixels are left unlabelled (void).
 
 Every image is drawn from its own random generator seeded by (seed, split, index), so the output
 is byte-identical for the same parameters. A split is written into a temporary folder and
@@ -58,8 +59,15 @@ SPLITS = ("train", "val")
 IGNORE_LABEL = 255
 # Visible thing fragments smaller than this (pixels) are left void.
 MIN_THING_AREA = 48
+# Shapes per image (inclusive range) and their radius as a fraction of the shorter image side.
+NUM_THINGS = (2, 6)
+THING_RADIUS = (0.1, 0.3)
+# A new shape may hide at most this fraction of the visible pixels of each earlier shape; a
+# placement that hides more is redrawn (``_PLACEMENT_TRIES`` times, then the shape is left out).
+MAX_HIDDEN = 0.5
+_PLACEMENT_TRIES = 20
 # Bump when the drawing changes, so that datasets written by an older version are redone.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 _THINGS = [c for c in SYNTHETIC_CATEGORIES if c["isthing"]]
 _STUFF = [c for c in SYNTHETIC_CATEGORIES if not c["isthing"]]
@@ -175,6 +183,33 @@ def _thing_colour(rng: np.random.Generator) -> np.ndarray:
     return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32) / 255.0
 
 
+def _place_thing(rng, name: str, segments: np.ndarray, first_thing: int, num_things: int):
+    """Draw a shape's position and size so that it hides at most ``MAX_HIDDEN`` of any earlier one.
+
+    ``segments`` (H, W) holds segment indices; the shapes drawn so far are indices
+    ``first_thing .. first_thing + num_things - 1``. Returns ((H, W) bool mask, cx, cy, r), or
+    None when no placement fits within ``_PLACEMENT_TRIES`` tries.
+    """
+    h, w = segments.shape
+    for _ in range(_PLACEMENT_TRIES):
+        r = rng.uniform(*THING_RADIUS) * min(h, w)
+        cx, cy = rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h
+        mask = np.zeros((h, w), np.uint8)
+        cv2.fillPoly(mask, [_shape_polygon(rng, name, cx, cy, r)], 1)
+        inside = mask.astype(bool)
+        if not inside.any():
+            continue
+        if num_things == 0:
+            return inside, cx, cy, r
+        # Visible and would-be-hidden pixels of each earlier shape: (num_things,) each.
+        ids = segments - first_thing
+        visible = np.bincount(ids[ids >= 0], minlength=num_things)
+        hidden = np.bincount(ids[inside & (ids >= 0)], minlength=num_things)
+        if (hidden <= MAX_HIDDEN * visible).all():
+            return inside, cx, cy, r
+    return None
+
+
 def draw_sample(rng: np.random.Generator, min_size: int = 192, max_size: int = 256):
     """Draw one image and its labels.
 
@@ -196,15 +231,12 @@ def draw_sample(rng: np.random.Generator, min_size: int = 192, max_size: int = 2
     categories = [c["id"] for c in stuff]
 
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)  # (H, W) each
-    for _ in range(int(rng.integers(2, 9))):
+    for _ in range(int(rng.integers(NUM_THINGS[0], NUM_THINGS[1] + 1))):
         cat = _THINGS[int(rng.integers(len(_THINGS)))]
-        r = rng.uniform(0.06, 0.25) * min(h, w)
-        cx, cy = rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h
-        mask = np.zeros((h, w), np.uint8)
-        cv2.fillPoly(mask, [_shape_polygon(rng, cat["name"], cx, cy, r)], 1)
-        inside = mask.astype(bool)
-        if not inside.any():
+        placed = _place_thing(rng, cat["name"], segments, k, len(categories) - k)
+        if placed is None:
             continue
+        inside, cx, cy, r = placed
         # Flat colour lit by a linear gradient, so shapes look a little three-dimensional.
         gx, gy = rng.uniform(-1.0, 1.0, 2) / (2.0 * r)
         light = 1.0 + 0.35 * np.clip(gx * (xs - cx) + gy * (ys - cy), -1.0, 1.0)  # (H, W)

@@ -18,7 +18,9 @@ from pycocotools.coco import COCO
 
 from mask2former.data.datasets.register_synthetic import register_all_synthetic
 from mask2former.data.synthetic import (
+    MAX_HIDDEN,
     SYNTHETIC_CATEGORIES,
+    _place_thing,
     generate_synthetic_dataset,
     is_split_complete,
     split_paths,
@@ -192,3 +194,24 @@ def test_evaluators_score_the_ground_truth_perfectly(root, tmp_path):
     assert pq["panoptic_seg"]["PQ"] == pytest.approx(100.0)
     assert ap["segm"]["AP"] == pytest.approx(100.0)
     assert miou["sem_seg"]["mIoU"] == pytest.approx(100.0)
+
+
+def test_a_new_shape_hides_at_most_max_hidden_of_each_earlier_one():
+    # Two stuff regions (0, 1) and two shapes (2, 3) already drawn, on a 64 x 64 image.
+    segments = np.zeros((64, 64), np.int64)
+    segments[32:] = 1
+    segments[8:40, 8:40] = 2
+    segments[30:60, 30:60] = 3
+    visible = np.bincount(segments.ravel(), minlength=4)  # (4,) pixels per segment
+    rng = np.random.default_rng(0)
+    overlaps = []
+    for _ in range(200):
+        placed = _place_thing(rng, "square", segments, first_thing=2, num_things=2)
+        if placed is None:
+            continue
+        inside = placed[0]  # (H, W) bool
+        assert inside.shape == segments.shape and inside.any()
+        hidden = np.bincount(segments[inside], minlength=4)  # (4,)
+        assert (hidden[2:] <= MAX_HIDDEN * visible[2:]).all()
+        overlaps.append(hidden[2:].max() > 0)
+    assert len(overlaps) > 100 and any(overlaps)  # shapes still overlap, just not too much
