@@ -36,6 +36,7 @@ tolerance; each process also checks the count of uneven made-up targets.
 
 import os
 import pickle
+from unittest import mock
 
 import pytest
 import torch
@@ -100,19 +101,28 @@ class _KeepFirstStep(HookBase):
 
 def _worker(data_root, output_dir, max_iter):
     """Train (in each process of the launch) and write the main process's loss history and
-    weights, and each process's local mask counts, under ``output_dir``."""
-    torch.set_num_threads(1)
-    register_all_synthetic(data_root)
-    criterion_module.get_uncertain_point_coords_with_randomness = _fixed_loss_points
-    HungarianMatcher.sample_points = _fixed_matcher_points
-    summed_num_masks = SetCriterion.get_num_masks
+    weights, and each process's local mask counts, under ``output_dir``. A one-process launch
+    runs in the test's own process, so the stand-ins are undone on the way out."""
     local_counts = []
+    summed_num_masks = SetCriterion.get_num_masks
 
     def get_num_masks(targets, device):
         local_counts.append(sum(len(t["labels"]) for t in targets))
         return summed_num_masks(targets, device)
 
-    SetCriterion.get_num_masks = staticmethod(get_num_masks)
+    with (
+        mock.patch.object(
+            criterion_module, "get_uncertain_point_coords_with_randomness", _fixed_loss_points
+        ),
+        mock.patch.object(HungarianMatcher, "sample_points", _fixed_matcher_points),
+        mock.patch.object(SetCriterion, "get_num_masks", staticmethod(get_num_masks)),
+    ):
+        _train(data_root, output_dir, max_iter, local_counts, summed_num_masks)
+
+
+def _train(data_root, output_dir, max_iter, local_counts, summed_num_masks):
+    torch.set_num_threads(1)
+    register_all_synthetic(data_root)
     seed_all_rng(0)
     cfg = load_config(SEMANTIC, [*OPTS, "SOLVER.MAX_ITER", str(max_iter), "OUTPUT_DIR", output_dir])
     cfg.freeze()
