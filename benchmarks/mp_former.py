@@ -16,14 +16,16 @@ run records its metrics, median seconds per training iteration (Detectron2's ite
 data loading included, the first 3 iterations and then 20% of the rest left out as warm-up;
 NaN for runs of 3 iterations or fewer) and peak RSS.
 ``tracemalloc`` is not used: it does not see PyTorch's tensor memory and slows Python down.
-The script writes every run and the per-variant mean and standard deviation to a JSON file and
-logs a table.
+The script writes every run, the per-variant mean and standard deviation, and, for each
+variant against ``mask2former``, the paired per-seed differences with their mean and a 95%
+Student-t confidence interval to a JSON file (rewritten after every run, so that a stopped
+benchmark keeps what it measured) and logs a table.
 
 Examples::
 
     python benchmarks/mp_former.py --quick          # a few iterations on tiny images (minutes)
     python benchmarks/mp_former.py                  # 3 seeds x 400 iterations (40 min, 2 cores)
-    python benchmarks/mp_former.py --seeds 0 1 2 3 4 --iters 600 SOLVER.IMS_PER_BATCH 4
+    python benchmarks/mp_former.py --seeds 0 1 2 3 4 --variants mask2former mp_former
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CONFIGS = os.path.join(_ROOT, "configs", "synthetic", "panoptic-segmentation")
@@ -155,6 +158,56 @@ def summarize(runs: list[dict]) -> dict:
     return summary
 
 
+def paired_differences(runs: list[dict], baseline: str = "mask2former") -> dict:
+    """Per variant and metric: (variant - baseline) on each seed both ran, with the mean and a
+    95% Student-t confidence interval of the mean difference (NaN bounds for fewer than 2
+    seeds). ``excludes_zero`` is what a claim in the README needs."""
+    from scipy import stats
+
+    by_key = {(r["variant"], r["seed"]): r for r in runs}
+    out = {}
+    for variant in VARIANTS:
+        if variant == baseline:
+            continue
+        seeds = sorted(s for v, s in by_key if v == variant and (baseline, s) in by_key)
+        if not seeds:
+            continue
+        out[variant] = {}
+        for m in METRICS:
+            diffs = [
+                by_key[(variant, s)]["metrics"][m] - by_key[(baseline, s)]["metrics"][m]
+                for s in seeds
+            ]
+            mean = statistics.fmean(diffs)
+            if len(diffs) > 1:
+                half = stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs)
+                half /= math.sqrt(len(diffs))
+            else:
+                half = math.nan
+            out[variant][m] = {
+                "seeds": seeds,
+                "differences": diffs,
+                "mean": mean,
+                "ci95": [mean - half, mean + half],
+                "excludes_zero": bool(abs(mean) > half),
+            }
+    return out
+
+
+def format_paired(paired: dict, baseline: str = "mask2former") -> str:
+    """One line per variant and metric: mean difference [95% CI] over n seeds."""
+    lines = []
+    for variant, metrics in paired.items():
+        for m, d in metrics.items():
+            lo, hi = d["ci95"]
+            verdict = "excludes 0" if d["excludes_zero"] else "includes 0"
+            lines.append(
+                f"{variant} - {baseline} {m:>5}: {d['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}] "
+                f"over {len(d['seeds'])} seeds ({verdict})"
+            )
+    return "\n".join(lines)
+
+
 def format_table(summary: dict) -> str:
     """The summary as a plain-text table, mean ± std."""
     columns = [*METRICS, "seconds_per_iter", "peak_rss_mb"]
@@ -173,6 +226,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--iters", type=int, default=0,
                         help="full-schedule iterations (default: the config's SOLVER.MAX_ITER)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs trained at once (each a child process)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--data-root", default="",
                         help="generated dataset (default: $M2F_SYNTHETIC_ROOT or "
@@ -210,25 +265,46 @@ def main(argv=None) -> dict:
         iters = args.iters or load_config(PLAIN_CONFIG, args.opts).SOLVER.MAX_ITER
         opts = list(args.opts)
 
-    runs = []
+    specs = []
     for seed in args.seeds:
         for variant in args.variants:
             config, fraction = VARIANTS[variant]
             n = max(1, round(iters * fraction))
             out_dir = os.path.join(work_dir, f"{variant}_seed{seed}")
-            spec = {
+            specs.append({
                 "variant": variant, "seed": seed, "iters": n, "config": config,
                 "data_root": data_root,
                 "opts": opts + ["SEED", str(seed), "SOLVER.MAX_ITER", str(n),
                                 "SOLVER.CHECKPOINT_PERIOD", str(10 * n), "DATALOADER.NUM_WORKERS",
                                 "0", "MODEL.DEVICE", "cpu", "OUTPUT_DIR", out_dir],
-            }
-            os.makedirs(work_dir, exist_ok=True)
-            logger.info("training %s, seed %d, %d iterations ...", variant, seed, n)
-            record = _child(spec, os.path.join(work_dir, f"{variant}_seed{seed}.log"))
-            logger.info("  %s", json.dumps(record["metrics"]))
-            runs.append(record)
+            })
+    os.makedirs(work_dir, exist_ok=True)
 
+    def train(spec: dict) -> dict:
+        logger.info("training %s, seed %d, %d iterations ...", spec["variant"], spec["seed"],
+                    spec["iters"])
+        log_path = os.path.join(work_dir, f"{spec['variant']}_seed{spec['seed']}.log")
+        return _child(spec, log_path)
+
+    # Runs are independent child processes; --jobs > 1 runs several at once (their seconds per
+    # iteration then include the contention, their metrics do not change).
+    runs = []
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for record in pool.map(train, specs):
+            logger.info("  %s seed %d: %s", record["variant"], record["seed"],
+                        json.dumps(record["metrics"]))
+            runs.append(record)
+            output = _write_result(args, opts, data_root, work_dir, tag, runs)
+
+    summary = summarize(runs)
+    logger.info("\n%s\n%s", format_table(summary), format_paired(paired_differences(runs)))
+    logger.info("Wrote %s", output)
+    with open(output) as f:
+        return json.load(f)
+
+
+def _write_result(args, opts, data_root, work_dir, tag, runs) -> str:
+    """(Re)write the result file with every run so far; returns its path."""
     summary = summarize(runs)
     result = {
         "question": "does mask-piloted training help? (synthetic panoptic, R-18)",
@@ -239,6 +315,7 @@ def main(argv=None) -> dict:
         "variants": {v: {"config": os.path.relpath(VARIANTS[v][0], _ROOT),
                          "iteration_fraction": VARIANTS[v][1]} for v in args.variants},
         "summary": summary,
+        "paired_vs_mask2former": paired_differences(runs),
         "runs": runs,
         "cpu": platform.processor() or platform.machine(),
         "python": platform.python_version(),
@@ -249,9 +326,7 @@ def main(argv=None) -> dict:
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "w") as f:
         json.dump(result, f, indent=2)
-    logger.info("\n%s", format_table(summary))
-    logger.info("Wrote %s", output)
-    return result
+    return output
 
 
 if __name__ == "__main__":

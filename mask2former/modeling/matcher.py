@@ -33,8 +33,8 @@ def batch_dice_cost(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
 def batch_sigmoid_ce_cost(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Pairwise binary cross-entropy with logits, averaged over points.
 
-    Uses ``BCE(x, t) = t * BCE(x, 1) + (1 - t) * BCE(x, 0)`` so that all pairs come from two
-    matrix products instead of an (N, M, P) tensor.
+    ``BCE(x, t) = softplus(x) - x t``, so all pairs come from one row sum and one matrix product
+    instead of an (N, M, P) tensor.
 
     Args:
         inputs: (N, P) mask logits.
@@ -44,11 +44,7 @@ def batch_sigmoid_ce_cost(inputs: torch.Tensor, targets: torch.Tensor) -> torch.
         (N, M) costs.
     """
     num_points = inputs.shape[1]
-    pos = F.binary_cross_entropy_with_logits(inputs, torch.ones_like(inputs), reduction="none")
-    neg = F.binary_cross_entropy_with_logits(inputs, torch.zeros_like(inputs), reduction="none")
-    loss = torch.einsum("np,mp->nm", pos, targets) + torch.einsum(
-        "np,mp->nm", neg, 1 - targets
-    )  # (N, M)
+    loss = F.softplus(inputs).sum(-1)[:, None] - inputs @ targets.T  # (N, M)
     return loss / num_points
 
 
@@ -110,15 +106,10 @@ class HungarianMatcher(nn.Module):
         out_prob = pred_logits.float().softmax(-1)  # (Q, K+1)
         cost_class = -out_prob[:, tgt_labels]  # (Q, G)
 
+        # The masks are the channels of one image, so one grid is sampled for all of them.
         coords = point_coords.float()[None]  # (1, P, 2)
-        out_mask = point_sample(
-            pred_masks.float()[:, None], coords.expand(pred_masks.shape[0], -1, -1),
-            align_corners=False,
-        ).squeeze(1)  # (Q, P)
-        tgt_mask = point_sample(
-            tgt_masks.float()[:, None], coords.expand(tgt_masks.shape[0], -1, -1),
-            align_corners=False,
-        ).squeeze(1)  # (G, P)
+        out_mask = point_sample(pred_masks.float()[None], coords, align_corners=False)[0]  # (Q, P)
+        tgt_mask = point_sample(tgt_masks.float()[None], coords, align_corners=False)[0]  # (G, P)
         cost_mask = batch_sigmoid_ce_cost(out_mask, tgt_mask)  # (Q, G)
         cost_dice = batch_dice_cost(out_mask, tgt_mask)  # (Q, G)
         return (

@@ -20,7 +20,9 @@ from mask2former.data.datasets.register_synthetic import register_all_synthetic
 from mask2former.data.synthetic import (
     MAX_HIDDEN,
     SYNTHETIC_CATEGORIES,
+    THING_HUES,
     _place_thing,
+    draw_sample,
     generate_synthetic_dataset,
     is_split_complete,
     split_paths,
@@ -215,3 +217,23 @@ def test_a_new_shape_hides_at_most_max_hidden_of_each_earlier_one():
         assert (hidden[2:] <= MAX_HIDDEN * visible[2:]).all()
         overlaps.append(hidden[2:].max() > 0)
     assert len(overlaps) > 100 and any(overlaps)  # shapes still overlap, just not too much
+
+
+def test_each_shape_class_keeps_to_its_hue_band():
+    """Measured on the written uint8 image: the median hue of each shape lies in its class band."""
+    name_of = {c["id"]: c["name"] for c in SYNTHETIC_CATEGORIES}
+    seen = set()
+    for seed in range(6):
+        image, segments, categories = draw_sample(np.random.default_rng(seed))
+        hue = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)[..., 0].astype(np.float64)  # (H, W) 0..180
+        for idx, cat_id in enumerate(categories):
+            visible = segments == idx
+            if cat_id not in THING_IDS or visible.sum() < 200:
+                continue
+            lo, hi = THING_HUES[name_of[cat_id]]
+            # Hues relative to the band's start, unwrapped around red: (N,) in [0, 180).
+            offsets = (hue[visible] - lo) % 180
+            width = (hi - lo) % 180
+            assert np.median(offsets) <= width + 2, (name_of[cat_id], np.median(offsets), width)
+            seen.add(name_of[cat_id])
+    assert seen == set(THING_HUES)

@@ -153,3 +153,34 @@ def test_per_parameter_clipping_is_detectron2s():
         p.grad = torch.full_like(p, 3.0)
     optimizer.step()
     assert all(torch.all(p.grad == 0.5) for p in params)
+
+
+def test_adamw_is_fused_and_steps_like_the_per_tensor_loop():
+    torch.manual_seed(0)
+    model = _Model()
+    reference = _Model()
+    reference.load_state_dict(model.state_dict())
+    optimizer = build_optimizer(_cfg(), model)
+    assert all(group["fused"] for group in optimizer.param_groups)
+    # The same groups through PyTorch's plain (for-loop) AdamW.
+    names = {p: n for n, p in model.named_parameters()}
+    ref_params = dict(reference.named_parameters())
+    loop = torch.optim.AdamW(
+        [
+            {"lr": g["lr"], "weight_decay": g["weight_decay"], "params": [ref_params[names[p]]]}
+            for g in optimizer.param_groups
+            for p in g["params"]
+        ],
+        fused=False,
+        foreach=False,
+    )
+    assert not any(group["fused"] or group["foreach"] for group in loop.param_groups)
+    for _ in range(5):
+        grads = {n: torch.randn_like(p) for n, p in model.named_parameters()}
+        for m in (model, reference):
+            for n, p in m.named_parameters():
+                p.grad = grads[n].clone() if p.requires_grad else None
+        optimizer.step()
+        loop.step()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p, ref_params[n], rtol=1e-6, atol=1e-7, msg=n)

@@ -100,7 +100,8 @@ def test_matching_is_optimal(monkeypatch, num_queries, num_gts, seed):
 
 def test_random_points_are_shared_and_in_unit_square(monkeypatch):
     # Record every point_sample call of a real forward pass: per image, the predicted masks
-    # (Q, 1, h, w) and the ground-truth masks (G, 1, H, W) must be read at the very same points.
+    # (1, Q, h, w) and the ground-truth masks (1, G, H, W), each stacked as the channels of one
+    # image, must be read at the very same points.
     calls = []
 
     def recording_point_sample(masks, coords, **kwargs):
@@ -119,13 +120,11 @@ def test_random_points_are_shared_and_in_unit_square(monkeypatch):
     assert len(calls) == 2 * batch  # one call for the predictions, one for the targets
     per_image = []
     for (pred_shape, pred_coords), (tgt_shape, tgt_coords) in zip(calls[0::2], calls[1::2]):
-        assert pred_shape == (num_queries, 1, 4, 6) and tgt_shape == (2, 1, 16, 24)
-        assert pred_coords.shape == (num_queries, num_points, 2)
-        assert tgt_coords.shape == (2, num_points, 2)
+        assert pred_shape == (1, num_queries, 4, 6) and tgt_shape == (1, 2, 16, 24)
+        assert pred_coords.shape == (1, num_points, 2) and tgt_coords.shape == (1, num_points, 2)
         points = pred_coords[0]  # (P, 2)
         # Shared by every prediction and every ground truth of the image.
-        assert torch.equal(pred_coords, points.expand_as(pred_coords))
-        assert torch.equal(tgt_coords, points.expand_as(tgt_coords))
+        assert torch.equal(tgt_coords[0], points)
         assert points.min() >= 0 and points.max() <= 1
         per_image.append(points)
     # Drawn afresh for each image, not fixed.
@@ -178,3 +177,18 @@ def test_invalid_arguments():
         HungarianMatcher(cost_class=0, cost_mask=0, cost_dice=0, num_points=4)
     with pytest.raises(ValueError):
         HungarianMatcher(**WEIGHTS, num_points=0)
+
+
+@pytest.mark.parametrize("scale", [1.0, 40.0])
+def test_bce_cost_equals_pairwise_bce_with_soft_targets_and_large_logits(scale):
+    torch.manual_seed(1)
+    inputs = torch.randn(5, 50) * scale  # (N, P) logits up to hundreds: softplus must not overflow
+    targets = torch.rand(3, 50)  # (M, P) soft targets, as bilinear sampling of binary masks gives
+    expected = torch.stack(
+        [
+            torch.stack([F.binary_cross_entropy_with_logits(x, t) for t in targets.double()])
+            for x in inputs.double()
+        ]
+    )  # (N, M)
+    cost = matcher_module.batch_sigmoid_ce_cost(inputs, targets)
+    torch.testing.assert_close(cost.double(), expected, rtol=1e-5, atol=1e-5 * scale)
