@@ -24,7 +24,7 @@ benchmark keeps what it measured) and logs a table.
 Examples::
 
     python benchmarks/mp_former.py --quick          # a few iterations on tiny images (minutes)
-    python benchmarks/mp_former.py                  # 3 seeds x 400 iterations (40 min, 2 cores)
+    python benchmarks/mp_former.py                  # 3 seeds x 3 variants, the config's iterations
     python benchmarks/mp_former.py --seeds 0 1 2 3 4 --variants mask2former mp_former
 """
 

@@ -345,16 +345,21 @@ def agreement(models: dict[str, torch.nn.Module], batch: list[dict], seed: int) 
     }
 
 
-def worker(args) -> dict:
-    """``--only CODE``: that code's steps alone in this process, with its peak memory."""
-    cfg, models = build_models(args, (args.only,))
-    batch = make_batch(
+def _batch_for(cfg, args) -> list[dict]:
+    """The benchmark's batch for ``args`` (the same for every code and process)."""
+    return make_batch(
         args.batch,
         args.height,
         args.width,
         cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
         torch.Generator().manual_seed(args.seed),
     )
+
+
+def worker(args) -> dict:
+    """``--only CODE``: that code's steps alone in this process, with its peak memory."""
+    cfg, models = build_models(args, (args.only,))
+    batch = _batch_for(cfg, args)
     rss_before, peak_before = _rss_mib(), _peak_rss_mb()
     record = run_steps(models, batch, args.warmup, args.runs, args.seed)[args.only]
     peak = _peak_rss_mb()
@@ -513,13 +518,7 @@ def main(argv=None) -> dict:
     load_before = os.getloadavg()[0]
     memory = {} if args.no_memory else measure_memory(args)
     cfg, models = build_models(args)
-    batch = make_batch(
-        args.batch,
-        args.height,
-        args.width,
-        cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-        torch.Generator().manual_seed(args.seed),
-    )
+    batch = _batch_for(cfg, args)
     agree = agreement(models, batch, args.seed)
     records = run_steps(models, batch, args.warmup, args.runs, args.seed)
     profiles = {}
