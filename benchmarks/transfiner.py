@@ -113,8 +113,30 @@ def evaluate(cfg, model) -> dict[str, float]:
             "boundary_AP": res["boundary"]["AP"]}
 
 
+def _summary(runs: list[dict]) -> dict:
+    """Per variant: (mean, standard deviation) of each metric over the seeds run so far."""
+    summary = {}
+    for variant in sorted({r["variant"] for r in runs}):
+        rows = [r for r in runs if r["variant"] == variant]
+        summary[variant] = {
+            k: (statistics.mean(r[k] for r in rows),
+                statistics.stdev(r[k] for r in rows) if len(rows) > 1 else 0.0)
+            for k in ("box_AP", "mask_AP", "boundary_AP")
+        }
+    return summary
+
+
 def run_train(args) -> None:
     runs = []
+    out = args.out or "transfiner_synthetic.json"
+
+    def record(row: dict) -> None:
+        # Rewritten after every evaluation: an interrupted benchmark keeps its finished runs.
+        runs.append(row)
+        logger.info("%s", row)
+        _write(out, {"iters": args.iters, "threads": args.threads, "opts": args.opts,
+                     "runs": runs, "summary": _summary(runs)})
+
     for seed in args.seeds:
         for variant in args.variants:
             steps = sorted({s for s in (int(args.iters * 0.75), int(args.iters * 0.95))
@@ -124,29 +146,20 @@ def run_train(args) -> None:
             opts += (MASK_RCNN_OPTS if variant == "mask_rcnn" else []) + args.opts
             cfg = _cfg(SYNTHETIC, opts)
             logger.info("training %s, seed %d, %d iterations", variant, seed, args.iters)
+            start = time.perf_counter()
             model = train(cfg)
+            train_seconds = time.perf_counter() - start
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
             torch.save({"model": model.state_dict()},
                        os.path.join(cfg.OUTPUT_DIR, f"{variant}_seed{seed}.pth"))
-            runs.append({"variant": variant, "seed": seed, **evaluate(cfg, model)})
+            record({"variant": variant, "seed": seed, "train_seconds": train_seconds,
+                    **evaluate(cfg, model)})
             if variant == "transfiner":
                 model.roi_heads.max_refine_rois_test = 0
-                runs.append({"variant": "transfiner_coarse", "seed": seed,
-                             **evaluate(cfg, model)})
-            logger.info("%s", runs[-1])
-    summary = {}
-    for variant in sorted({r["variant"] for r in runs}):
-        rows = [r for r in runs if r["variant"] == variant]
-        summary[variant] = {
-            k: (statistics.mean(r[k] for r in rows),
-                statistics.stdev(r[k] for r in rows) if len(rows) > 1 else 0.0)
-            for k in ("box_AP", "mask_AP", "boundary_AP")
-        }
-    for variant, metrics in summary.items():
+                record({"variant": "transfiner_coarse", "seed": seed, **evaluate(cfg, model)})
+    for variant, metrics in _summary(runs).items():
         logger.info("%-18s %s", variant,
                     "  ".join(f"{k} {m:.1f} +- {s:.1f}" for k, (m, s) in metrics.items()))
-    _write(args.out or "transfiner_synthetic.json",
-           {"iters": args.iters, "opts": args.opts, "runs": runs, "summary": summary})
 
 
 @torch.no_grad()

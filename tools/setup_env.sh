@@ -15,8 +15,10 @@ if [ ! -x "$py" ]; then
     python3 -m venv "$venv"
 fi
 
-# The stamp names the inputs of the set-up; changing any of them redoes it.
-key=$(cat requirements/*.txt setup.py tools/install_detectron2.py | sha256sum | cut -c1-16)
+# The stamp names the inputs of the set-up (the compiled op's sources among them); changing any
+# of them redoes it.
+key=$(cat requirements/*.txt setup.py tools/install_detectron2.py mask2former/layers/csrc/* \
+    | sha256sum | cut -c1-16)
 stamp="$venv/.mask2former-setup-$key"
 if [ -f "$stamp" ]; then
     say "environment up to date ($venv)"

@@ -198,36 +198,70 @@ class MSDeformAttn(nn.Module):
         Returns:
             (N, Lq, C)
         """
-        n, lq, _ = query.shape
-        _, s, _ = input_flatten.shape
-        sizes = level_sizes(input_spatial_shapes)
-        if sum(h * w for h, w in sizes) != s:
+        value = self.project_value(input_flatten, input_spatial_shapes, input_padding_mask)
+        return self.attend(
+            query, reference_points, value, input_spatial_shapes, input_level_start_index
+        )
+
+    def project_value(
+        self,
+        input_flatten: torch.Tensor,
+        input_spatial_shapes: SpatialShapes,
+        input_padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The values, (N, S, C) -> (N, S, M, D); zeros at padded positions.
+
+        Split from :meth:`attend` so that a caller can project the values once and attend
+        with the queries in blocks (see ``MSDeformAttnTransformerEncoderLayer``)."""
+        n, s, _ = input_flatten.shape
+        if sum(h * w for h, w in level_sizes(input_spatial_shapes)) != s:
             raise ValueError("input_flatten length does not match input_spatial_shapes")
         value = self.value_proj(input_flatten)  # (N, S, C)
         if input_padding_mask is not None:
             value = value.masked_fill(input_padding_mask[..., None], 0.0)
-        value = value.view(n, s, self.n_heads, self.d_model // self.n_heads)  # (N, S, M, D)
-        # (N, Lq, M, L, P, 2)
-        offsets = self.sampling_offsets(query).view(
-            n, lq, self.n_heads, self.n_levels, self.n_points, 2
-        )
-        # (N, Lq, M, L*P) softmax over all levels and points -> (N, Lq, M, L, P)
-        weights = self.attention_weights(query).view(
-            n, lq, self.n_heads, self.n_levels * self.n_points
-        )
-        weights = weights.softmax(-1).view(n, lq, self.n_heads, self.n_levels, self.n_points)
+        return value.view(n, s, self.n_heads, self.d_model // self.n_heads)  # (N, S, M, D)
+
+    def attend(
+        self,
+        query: torch.Tensor,
+        reference_points: torch.Tensor,
+        value: torch.Tensor,
+        input_spatial_shapes: SpatialShapes,
+        input_level_start_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """Queries (N, Lq, C) with reference points (N, Lq, L, 2) attend to projected values
+        (N, S, M, D) from :meth:`project_value`. Returns (N, Lq, C)."""
+        n, lq, _ = query.shape
         if reference_points.shape[-1] != 2:
             raise ValueError(
                 f"reference_points must end in 2 (x, y), got {tuple(reference_points.shape)}"
             )
-        # Offsets are in pixels of each level: divide by (W_l, H_l). (L, 2) as (W, H)
-        normalizer = torch.as_tensor(
-            [(w, h) for h, w in sizes], dtype=offsets.dtype, device=offsets.device
+        sizes = level_sizes(input_spatial_shapes)
+        # One GEMM for the offsets and the weights: (N, Lq, M*L*P*2 + M*L*P)
+        num_offsets = self.sampling_offsets.out_features
+        projected = F.linear(
+            query,
+            torch.cat((self.sampling_offsets.weight, self.attention_weights.weight)),
+            torch.cat((self.sampling_offsets.bias, self.attention_weights.bias)),
+        )
+        # (N, Lq, M, L, P, 2)
+        offsets = projected[..., :num_offsets].view(
+            n, lq, self.n_heads, self.n_levels, self.n_points, 2
+        )
+        # (N, Lq, M, L*P) softmax over all levels and points -> (N, Lq, M, L, P)
+        weights = projected[..., num_offsets:].reshape(
+            n, lq, self.n_heads, self.n_levels * self.n_points
+        )
+        weights = weights.softmax(-1).view(n, lq, self.n_heads, self.n_levels, self.n_points)
+        # Offsets are in pixels of each level: multiply by (1/W_l, 1/H_l). (L, 2) as (x, y)
+        inverse_size = torch.as_tensor(
+            [(1.0 / w, 1.0 / h) for h, w in sizes], dtype=offsets.dtype, device=offsets.device
         )  # (L, 2)
-        # (N, Lq, 1, L, 1, 2) + (N, Lq, M, L, P, 2) / (1, 1, 1, L, 1, 2)
-        locations = (
-            reference_points[:, :, None, :, None, :]
-            + offsets / normalizer[None, None, None, :, None, :]
+        # (N, Lq, 1, L, 1, 2) + (N, Lq, M, L, P, 2) * (1, 1, 1, L, 1, 2)
+        locations = torch.addcmul(
+            reference_points[:, :, None, :, None, :],
+            offsets,
+            inverse_size[None, None, None, :, None, :],
         )
         out = ms_deform_attn(
             value, input_spatial_shapes, input_level_start_index, locations, weights, self.impl

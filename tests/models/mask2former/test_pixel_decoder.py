@@ -215,3 +215,38 @@ def test_builder_rejects_head_without_forward_features():
     # Detectron2's own SemSegFPNHead is registered in the same registry but is no pixel decoder.
     with pytest.raises(ValueError, match="forward_features"):
         build_pixel_decoder(tiny_cfg("SemSegFPNHead"), INPUT_SHAPE)
+
+
+def _set_token_block(decoder, block):
+    layers = decoder.transformer.encoder.layers
+    for layer in layers:
+        layer.token_block = block
+    return layers
+
+
+def test_msdeformattn_encoder_in_token_blocks_matches_whole():
+    """Inference runs the encoder's queries in blocks; the result is the whole-sequence one."""
+    torch.manual_seed(0)
+    decoder = build_pixel_decoder(tiny_cfg("MSDeformAttnPixelDecoder"), INPUT_SHAPE).eval()
+    features = tiny_features()  # S = 96 + 24 + 6 = 126 encoder tokens
+    with torch.no_grad():
+        _set_token_block(decoder, 0)
+        whole = decoder.forward_features(features)
+        layers = _set_token_block(decoder, 10)  # 13 blocks, the last one of 6 tokens
+        assert all(layer._runs_in_blocks(torch.zeros(2, 126, 32)) for layer in layers)
+        blocked = decoder.forward_features(features)
+    for b, w in zip([blocked[0], blocked[1], *blocked[2]], [whole[0], whole[1], *whole[2]]):
+        torch.testing.assert_close(b, w, rtol=1e-5, atol=1e-5)
+
+
+def test_msdeformattn_encoder_blocks_only_without_autograd():
+    decoder = build_pixel_decoder(tiny_cfg("MSDeformAttnPixelDecoder"), INPUT_SHAPE)
+    layer = _set_token_block(decoder, 10)[0]
+    src = torch.zeros(2, 126, 32)
+    assert not layer._runs_in_blocks(src)  # autograd on: the plain path keeps the graph
+    with torch.no_grad():
+        assert layer._runs_in_blocks(src)
+        assert not layer._runs_in_blocks(src[:, :10])  # one block: nothing to split
+    mask_features = decoder.forward_features(tiny_features())[0]
+    mask_features.sum().backward()
+    assert layer.linear1.weight.grad is not None
