@@ -253,20 +253,27 @@ def test_extra_queries_compose_without_changing_learned_queries():
         torch.testing.assert_close(m[:, :Q], p["pred_masks"], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("dec_layers", [1, 2, 7])
-def test_forward_last_matches_forward(dec_layers):
+@pytest.mark.parametrize("dec_layers,batch", [(1, B), (2, B), (7, B), (7, 1)])
+def test_forward_last_matches_forward(dec_layers, batch):
     """Inference's last-point-only path (attention masks from resized mask features) gives the
-    forward pass's last prediction, with the same cross-attention masks at every layer."""
+    forward pass's last prediction, with the same cross-attention masks at every layer. For one
+    image its masks are given once, (Q, HW), for all heads."""
     decoder = tiny_decoder(dec_layers=dec_layers).eval()
     x, mask_features = tiny_inputs(seed=3)
+    x, mask_features = [f[:batch] for f in x], mask_features[:batch]
     calls = capture_cross_attention(decoder)
     with torch.no_grad():
         out = decoder(x, mask_features)
-        full_masks = [c["attn_mask"] for c in calls]
+        full_masks = [c["attn_mask"] for c in calls]  # (batch*heads, Q, HW)
         calls.clear()
         logits, masks = decoder.forward_last(x, mask_features)
-    assert [c["attn_mask"].shape for c in calls] == [m.shape for m in full_masks]
+    assert len(calls) == len(full_masks)
     for got, expected in zip(calls, full_masks):
-        assert torch.equal(got["attn_mask"], expected)
+        if batch == 1:
+            assert got["attn_mask"].dim() == 2
+            expected = expected.unflatten(0, (batch, -1))
+            assert torch.equal(expected, got["attn_mask"].expand_as(expected))
+        else:
+            assert torch.equal(got["attn_mask"], expected)
     torch.testing.assert_close(logits, out["pred_logits"], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(masks, out["pred_masks"], atol=1e-5, rtol=1e-5)

@@ -44,8 +44,15 @@ class SelfAttentionLayer(nn.Module):
         """tgt, query_pos: (Q, B, C); tgt_mask: (Q, Q) or (B*heads, Q, Q) bool. -> (Q, B, C)."""
         x = self.norm(tgt) if self.normalize_before else tgt
         q = k = _with_pos(x, query_pos)
+        # need_weights=False: PyTorch's fused scaled-dot-product attention, which does not
+        # return the (averaged) attention weights this model never reads.
         attn = self.self_attn(
-            q, k, value=x, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask
+            q,
+            k,
+            value=x,
+            attn_mask=tgt_mask,
+            key_padding_mask=tgt_key_padding_mask,
+            need_weights=False,
         )[0]
         tgt = tgt + self.dropout(attn)
         return tgt if self.normalize_before else self.norm(tgt)
@@ -74,8 +81,8 @@ class CrossAttentionLayer(nn.Module):
         query_pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
-        tgt, query_pos: (Q, B, C); memory, pos: (HW, B, C); memory_mask: (B*heads, Q, HW) bool.
-        Returns (Q, B, C).
+        tgt, query_pos: (Q, B, C); memory, pos: (HW, B, C); memory_mask: (B*heads, Q, HW) bool,
+        or (Q, HW) shared by every head and image. Returns (Q, B, C).
         """
         x = self.norm(tgt) if self.normalize_before else tgt
         attn = self.multihead_attn(
@@ -84,6 +91,7 @@ class CrossAttentionLayer(nn.Module):
             value=memory,
             attn_mask=memory_mask,
             key_padding_mask=memory_key_padding_mask,
+            need_weights=False,  # fused attention (see SelfAttentionLayer)
         )[0]
         tgt = tgt + self.dropout(attn)
         return tgt if self.normalize_before else self.norm(tgt)

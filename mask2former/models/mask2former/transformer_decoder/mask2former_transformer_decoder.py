@@ -291,6 +291,10 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                 )
             mask_embed = self.mask_embed(self.decoder_norm(queries).transpose(0, 1))  # (B, Q, C)
             logits = torch.einsum("bqc,bchw->bqhw", mask_embed, resized[size])  # (B, Q, h, w)
+            if logits.shape[0] == 1:
+                # One image: every head has the same mask, given once as (Q, h*w) (the
+                # attention broadcasts it over the heads instead of copying it 8 times).
+                return resized_logits_to_attn_mask(logits, 1)[0]
             return resized_logits_to_attn_mask(logits, self.num_heads)  # (B*heads, Q, h*w)
 
         attn_mask = attn_mask_for(output, memory.sizes[0])
