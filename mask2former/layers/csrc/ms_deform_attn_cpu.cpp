@@ -48,9 +48,10 @@ void check_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
 // weight * bilinear coefficient * value row. kD > 0 fixes D at compile time, so that the
 // accumulator lives in registers; kD == 0 reads D from s.
 template <typename scalar_t, int kD>
-M2F_ALWAYS_INLINE inline void sample_head(const scalar_t* value_n, const int64_t* shapes, const int64_t* starts,
-                        const scalar_t* locations, const scalar_t* weights, int64_t item,
-                        int64_t m, scalar_t* __restrict__ out, const Sizes& s) {
+M2F_ALWAYS_INLINE inline void sample_head(const scalar_t* value_n, const int64_t* shapes,
+                                          const int64_t* starts, const scalar_t* locations,
+                                          const scalar_t* weights, int64_t item, int64_t m,
+                                          scalar_t* __restrict__ out, const Sizes& s) {
   const int64_t D = kD > 0 ? kD : s.D;
   const int64_t MD = s.M * D;
   const int64_t LP = s.L * s.P;
