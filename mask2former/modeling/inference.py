@@ -34,6 +34,7 @@ from .postprocessing import (
     panoptic_keep,
     semantic_inference,
 )
+from .strips import RowResizer, process_in_strips
 
 __all__ = [
     "TASKS",
@@ -237,8 +238,12 @@ class PostProcessor:
                 queries = self.queries_needed(mask_cls)  # (Q',) or None: all
                 if queries is not None:
                     mask_cls, masks = mask_cls[queries], masks[queries]
-                mask_pred = self.resize_masks(masks, padded_size, image_size, output_size)
-                results.append(self.process_image(mask_cls.to(mask_pred), mask_pred))
+                if RowResizer.fits(masks, padded_size):
+                    resizer = RowResizer(masks, padded_size, image_size, output_size)
+                    results.append(self.process_in_strips(mask_cls.to(masks), resizer))
+                else:
+                    mask_pred = self.resize_masks(masks, padded_size, image_size, output_size)
+                    results.append(self.process_image(mask_cls.to(mask_pred), mask_pred))
             else:  # semantic only: resize the scores instead of the Q mask logits
                 mask_pred = _upsample(masks, padded_size)  # (Q, H_pad, W_pad)
                 sem_seg = retry_if_cuda_oom(semantic_inference)(mask_cls, mask_pred)
@@ -293,6 +298,21 @@ class PostProcessor:
             return mask_pred.contiguous()
         return _upsample(mask_pred, output_size)  # (Q, height, width)
 
+    def process_in_strips(self, mask_cls: torch.Tensor, resizer: RowResizer) -> dict:
+        """One image's results, as :meth:`process_image` gives them on ``resizer``'s resized
+        masks, computed strip by strip without them (:mod:`mask2former.modeling.strips`)."""
+        return process_in_strips(
+            mask_cls,
+            resizer,
+            tasks=self.tasks,
+            num_classes=self.num_classes,
+            object_mask_threshold=self.object_mask_threshold,
+            overlap_threshold=self.overlap_threshold,
+            test_topk_per_image=self.test_topk_per_image,
+            thing_ids=self.thing_ids,
+            instance_thing_ids=self.thing_ids if "panoptic" in self.tasks else None,
+        )
+
     def process_image(
         self,
         mask_cls: torch.Tensor,
@@ -342,4 +362,6 @@ class PostProcessor:
 
 def _upsample(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(Q, h, w) -> (Q, H, W), bilinear."""
+    if masks.shape[0] == 0:  # no query kept (F.interpolate needs some)
+        return masks.new_zeros((0, *size))
     return F.interpolate(masks[None], size=tuple(size), mode="bilinear", align_corners=False)[0]

@@ -20,10 +20,13 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from torch.nn import functional as F
 
 __all__ = [
+    "instance_detections",
     "instance_inference",
+    "instance_result",
     "instance_topk",
     "panoptic_inference",
     "panoptic_keep",
+    "panoptic_segments",
     "semantic_inference",
 ]
 
@@ -109,10 +112,9 @@ def panoptic_inference(
     )
     h, w = mask_pred.shape[-2:]
     device = mask_pred.device
-    segments_info: list[dict] = []
     n = kept.numel()
     if n == 0:
-        return torch.zeros((h, w), dtype=torch.int32, device=device), segments_info
+        return torch.zeros((h, w), dtype=torch.int32, device=device), []
 
     if mask_prob is None:
         cur_masks = mask_pred[kept].sigmoid()  # (Q', H, W)
@@ -125,12 +127,47 @@ def panoptic_inference(
     foreground_area = (cur_masks >= 0.5).flatten(1).sum(1)  # (Q',)
     both_area = torch.bincount(winner[in_foreground], minlength=n)  # (Q',)
 
+    segment_of, segments_info = panoptic_segments(
+        cur_classes,
+        won_area,
+        foreground_area,
+        both_area,
+        overlap_threshold=overlap_threshold,
+        thing_ids=thing_ids,
+    )
+    lookup = torch.tensor(segment_of, dtype=torch.int32, device=device)  # (Q',)
+    panoptic_seg = torch.where(in_foreground, lookup[winner], 0).to(torch.int32)  # (H, W)
+    return panoptic_seg, segments_info
+
+
+def panoptic_segments(
+    classes: torch.Tensor,
+    won_area: torch.Tensor,
+    foreground_area: torch.Tensor,
+    both_area: torch.Tensor,
+    *,
+    overlap_threshold: float,
+    thing_ids: Collection[int],
+) -> tuple[list[int], list[dict]]:
+    """Panoptic inference's decisions, in query order, from the kept queries' areas.
+
+    Args:
+        classes: (Q',) class of each kept query.
+        won_area: (Q',) pixels each kept query wins.
+        foreground_area: (Q',) pixels of its own foreground (sigmoid >= 0.5).
+        both_area: (Q',) pixels it wins inside its own foreground.
+
+    Returns:
+        segment_of: per kept query, the segment id its pixels get (0: dropped).
+        segments_info: one dict per segment with "id", "isthing", "category_id".
+    """
     thing_ids = set(int(i) for i in thing_ids)
-    segment_of = [0] * n  # segment id of each kept query's pixels (0: dropped)
+    segment_of = [0] * len(classes)
+    segments_info: list[dict] = []
     stuff_segment_ids: dict[int, int] = {}
     current_segment_id = 0
     for k, (pred_class, mask_area, original_area, both) in enumerate(
-        zip(cur_classes.tolist(), won_area.tolist(), foreground_area.tolist(), both_area.tolist())
+        zip(classes.tolist(), won_area.tolist(), foreground_area.tolist(), both_area.tolist())
     ):
         isthing = pred_class in thing_ids
         if mask_area == 0 or original_area == 0 or both == 0:
@@ -147,9 +184,7 @@ def panoptic_inference(
         segments_info.append(
             {"id": current_segment_id, "isthing": isthing, "category_id": int(pred_class)}
         )
-    lookup = torch.tensor(segment_of, dtype=torch.int32, device=device)  # (Q',)
-    panoptic_seg = torch.where(in_foreground, lookup[winner], 0).to(torch.int32)  # (H, W)
-    return panoptic_seg, segments_info
+    return segment_of, segments_info
 
 
 def instance_topk(
@@ -216,40 +251,72 @@ def instance_inference(
     Returns:
         Instances with pred_masks (N, H, W) float 0/1, pred_boxes, scores (N,), pred_classes (N,).
     """
-    scores_per_image, labels_per_image, query_indices = instance_topk(
+    scores, labels, queries, which = instance_detections(
         mask_cls,
         num_classes=num_classes,
         test_topk_per_image=test_topk_per_image,
         thing_ids=thing_ids,
     )
-    # Detections grouped by query (their order is arbitrary anyway: top-k is unsorted), so
-    # that each query's mask is computed once: queries (U,) ascending, which (N,) the position
-    # of each detection's query among them (0..U-1, non-decreasing).
-    order = torch.argsort(query_indices, stable=True)
-    scores_per_image = scores_per_image[order]
-    labels_per_image = labels_per_image[order]
-    queries, counts = torch.unique_consecutive(query_indices[order], return_counts=True)
-    which = torch.repeat_interleave(torch.arange(queries.numel(), device=counts.device), counts)
     logits = _rows(mask_pred, queries)  # (U, H, W)
     binary = logits > 0  # (U, H, W)
     prob = logits.sigmoid() if mask_prob is None else _rows(mask_prob, queries)  # (U, H, W)
-    area = binary.flatten(1).sum(1)  # (U,)
     masks = binary.float()  # (U, H, W) 0/1
+    u, h, w = masks.shape
+    area = masks.sum(2).double().sum(1)  # (U,): exact counts (each row's is below 2**24)
     # Mean foreground probability inside each binary mask: one dot product per query,
     # (U, 1, H*W) @ (U, H*W, 1), with no (U, H, W) temporary (0.7x the time of masking and
     # summing at 800x1216 on the CPU).
-    u, h, w = masks.shape
     inside = torch.bmm(prob.float().reshape(u, 1, h * w), masks.reshape(u, h * w, 1))  # (U,1,1)
-    mask_scores = inside.view(-1) / (area + 1e-6)  # (U,)
+    mask_scores = inside.view(-1) / (area.float() + 1e-6)  # (U,)
     boxes = BitMasks(binary).get_bounding_boxes().tensor.to(mask_pred.device)  # (U, 4)
-    if queries.numel() != which.numel():  # a query with several detections: repeat its mask
-        masks, boxes, mask_scores = masks[which], boxes[which], mask_scores[which]
+    return instance_result(image_size, scores, labels, which, masks, boxes, mask_scores)
 
+
+def instance_detections(
+    mask_cls: torch.Tensor,
+    *,
+    num_classes: int,
+    test_topk_per_image: int,
+    thing_ids: Collection[int] | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`instance_topk`'s detections grouped by query (their order is arbitrary anyway:
+    the top-k is unsorted), so that each query's mask is computed once.
+
+    Returns:
+        scores (N,), classes (N,), queries (U,) the distinct queries ascending, and which (N,)
+        the position of each detection's query among them (0..U-1, non-decreasing).
+    """
+    scores, labels, query_indices = instance_topk(
+        mask_cls,
+        num_classes=num_classes,
+        test_topk_per_image=test_topk_per_image,
+        thing_ids=thing_ids,
+    )
+    order = torch.argsort(query_indices, stable=True)
+    queries, counts = torch.unique_consecutive(query_indices[order], return_counts=True)
+    which = torch.repeat_interleave(torch.arange(queries.numel(), device=counts.device), counts)
+    return scores[order], labels[order], queries, which
+
+
+def instance_result(
+    image_size: tuple[int, int],
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    which: torch.Tensor,
+    masks: torch.Tensor,
+    boxes: torch.Tensor,
+    mask_scores: torch.Tensor,
+) -> Instances:
+    """The Instances of :func:`instance_detections`' detections from their queries' binary
+    masks (U, H, W) float 0/1, boxes (U, 4) and mean mask probabilities (U,); a query with
+    several detections has its mask repeated."""
+    if masks.shape[0] != which.numel():
+        masks, boxes, mask_scores = masks[which], boxes[which], mask_scores[which]
     result = Instances(image_size)
     result.pred_masks = masks  # (N, H, W)
     result.pred_boxes = Boxes(boxes)
-    result.scores = scores_per_image * mask_scores
-    result.pred_classes = labels_per_image
+    result.scores = scores * mask_scores
+    result.pred_classes = labels
     return result
 
 
