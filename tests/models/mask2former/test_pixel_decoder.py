@@ -245,8 +245,11 @@ def test_msdeformattn_encoder_blocks_only_without_autograd():
     src = torch.zeros(2, 126, 32)
     assert not layer._runs_in_blocks(src)  # autograd on: the plain path keeps the graph
     with torch.no_grad():
+        assert not layer._runs_in_blocks(src)  # training mode: the plain path has dropout
+        layer.eval()
         assert layer._runs_in_blocks(src)
         assert not layer._runs_in_blocks(src[:, :10])  # one block: nothing to split
+        layer.train()
     mask_features = decoder.forward_features(tiny_features())[0]
     mask_features.sum().backward()
     assert layer.linear1.weight.grad is not None

@@ -11,6 +11,7 @@ A pixel decoder is any module in Detectron2's ``SEM_SEG_HEADS_REGISTRY`` with a
 """
 
 import logging
+from functools import partial
 
 import fvcore.nn.weight_init as weight_init
 import torch
@@ -49,7 +50,9 @@ def make_lateral_conv(in_channels: int, conv_dim: int, norm: str) -> Conv2d:
 
 
 def make_output_conv(in_channels: int, conv_dim: int, norm: str) -> Conv2d:
-    """3x3 output conv + norm + ReLU of an FPN level (bias only without norm)."""
+    """3x3 output conv + norm + ReLU of an FPN level (bias only without norm). The ReLU is in
+    place: neither the conv's nor the norm's backward reads their output, and at 1/4 scale a
+    fresh (B, 256, H/4, W/4) tensor is 62 MB per image at 800x1216."""
     conv = Conv2d(
         in_channels,
         conv_dim,
@@ -57,7 +60,7 @@ def make_output_conv(in_channels: int, conv_dim: int, norm: str) -> Conv2d:
         padding=1,
         bias=norm == "",
         norm=get_norm(norm, conv_dim),
-        activation=F.relu,
+        activation=partial(F.relu, inplace=True),
     )
     weight_init.c2_xavier_fill(conv)
     return conv

@@ -32,8 +32,9 @@ class MSDeformAttnTransformerEncoderLayer(nn.Module):
     the queries in blocks of ``token_block`` tokens: the block's intermediates (the FFN's
     (block, d_ffn) activations above all) stay in the CPU caches instead of being written out at
     full resolution (at 800x1216, S = 19,950 and the FFN activation alone is 80 MB). Same
-    arithmetic, same result up to float rounding; ``token_block = 0`` turns it off. Graph
-    capture (tracing, ONNX and ``torch.export``, ``torch.compile``) always takes the plain path.
+    arithmetic, same result up to float rounding; ``token_block = 0`` turns it off. Training
+    mode (dropout) and graph capture (tracing, ONNX and ``torch.export``, ``torch.compile``)
+    always take the plain path.
     """
 
     def __init__(
@@ -93,6 +94,7 @@ class MSDeformAttnTransformerEncoderLayer(nn.Module):
         return (
             0 < self.token_block < src.shape[1]
             and not torch.is_grad_enabled()
+            and not self.training  # the blocks leave out the dropouts
             and not capturing
         )
 
@@ -104,12 +106,18 @@ class MSDeformAttnTransformerEncoderLayer(nn.Module):
         spatial_shapes: SpatialShapes,
         level_start_index: torch.Tensor,
     ) -> torch.Tensor:
-        """:meth:`forward` with the values projected once and the queries in blocks."""
+        """:meth:`forward` with the values projected once and the queries in blocks; the FFN
+        writes into one (B * block, d_ffn) buffer reused by every block, and adds its second
+        bias and the residual in place (fresh large tensors per block cost a page fault per
+        4 KiB on first touch)."""
         value = self.self_attn.project_value(src, spatial_shapes)  # (B, S, M, D)
+        b, s, c = src.shape
         out = torch.empty_like(src)  # (B, S, C)
-        for start in range(0, src.shape[1], self.token_block):
+        hidden = src.new_empty((b * min(self.token_block, s), self.linear1.out_features))
+        for start in range(0, s, self.token_block):
             block = slice(start, start + self.token_block)
             src_block = src[:, block]  # (B, n, C), n <= token_block
+            n = src_block.shape[1]
             attn = self.self_attn.attend(
                 src_block + pos[:, block],
                 reference_points[:, block],
@@ -117,7 +125,12 @@ class MSDeformAttnTransformerEncoderLayer(nn.Module):
                 spatial_shapes,
                 level_start_index,
             )  # (B, n, C)
-            out[:, block] = self._token_wise(src_block, attn)
+            x = self.norm1(src_block + attn).view(b * n, c)  # (B*n, C)
+            h = torch.addmm(
+                self.linear1.bias, x, self.linear1.weight.t(), out=hidden[: b * n]
+            ).relu_()  # (B*n, d_ffn)
+            x.add_(self.linear2.bias).addmm_(h, self.linear2.weight.t())  # x + FFN(x)
+            out[:, block] = self.norm2(x).view(b, n, c)
         return out
 
 
@@ -412,6 +425,6 @@ class MSDeformAttnPixelDecoder(nn.Module):
                     mode="bilinear",
                     align_corners=False,
                 )
-                out.append(output_conv(cur_fpn + up))  # (B, CONVS_DIM, H_l, W_l)
+                out.append(output_conv(cur_fpn.add_(up)))  # (B, CONVS_DIM, H_l, W_l)
 
             return self.mask_features(out[-1]), out[0], out[:NUM_MULTI_SCALE_FEATURES]
