@@ -114,6 +114,12 @@ def add_maskformer2_config(cfg: CN) -> None:
     # channels-last memory format (oneDNN's NHWC kernels on the CPU: no layout reorders around
     # every convolution). Training uses the default format, which is faster there.
     cfg.MODEL.MASK_FORMER.CHANNELS_LAST = True
+    # At inference, run the network (backbone and head, not the post-processing) through
+    # torch.compile(dynamic=False): compiled at the first call of each padded input shape (about
+    # a minute for the R50 at 800x1216 on 2 CPU cores; needs a C++ compiler), then 0.93x the
+    # eager time there (benchmarks/official_compare.py). Shared by the families that use the
+    # common inference path.
+    cfg.TEST.COMPILE = False
 
     # Point-sampled losses: points per mask, oversampling and importance ratio (PointRend).
     cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 112 * 112

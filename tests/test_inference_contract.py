@@ -148,3 +148,44 @@ def test_predictor_runs_a_model_with_its_own_eval_forward(image):
     assert a["sem_seg"].shape[-2:] == (20, 26)  # the model saw the resized image
     with pytest.raises(ValueError, match="forward_network"):
         Predictor(model=model, resize=None, input_format="RGB", compile=True)
+
+
+def test_eval_network_compiles_when_the_model_asks_and_gives_the_eager_results(toy, image):
+    from mask2former.modeling import inference
+
+    inputs = [_as_input(image)]
+    keys = list(toy.state_dict())
+    with torch.inference_mode():
+        expected = toy(inputs)[0]
+        assert inference.eval_network(toy) == toy.forward_network  # off by default
+        toy.compile_network = True
+        try:
+            got = toy(inputs)[0]
+            compiled = inference._COMPILED[toy]
+            assert inference.eval_network(toy) is compiled  # compiled once, then reused
+            toy(inputs)
+        finally:
+            toy.compile_network = False
+    assert list(toy.state_dict()) == keys  # the compiled wrapper is kept outside the model
+    torch.testing.assert_close(got["sem_seg"], expected["sem_seg"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        got["instances"].scores, expected["instances"].scores, atol=1e-5, rtol=0
+    )
+    assert torch.equal(got["panoptic_seg"][0], expected["panoptic_seg"][0])
+
+
+def test_test_compile_config_key_reaches_the_mask2former_and_fastinst_models():
+    from detectron2.modeling import build_model
+
+    from mask2former.config import load_config
+
+    from tiny_model import PANOPTIC_CONFIG, TINY
+
+    fastinst = PANOPTIC_CONFIG.replace(
+        "panoptic-segmentation/maskformer2_R18", "instance-segmentation/fastinst_R18"
+    )
+    for value in (False, True):
+        cfg = load_config(PANOPTIC_CONFIG, [*TINY, "TEST.COMPILE", str(value)])
+        assert build_model(cfg).compile_network is value
+        cfg = load_config(fastinst, ["MODEL.WEIGHTS", "", "TEST.COMPILE", str(value)])
+        assert build_model(cfg).compile_network is value

@@ -17,7 +17,9 @@ Pre-processing is :func:`normalize_and_pad` (its size rule :func:`round_up_to_di
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import logging
+import weakref
+from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
 import torch
@@ -41,10 +43,13 @@ __all__ = [
     "InferenceModel",
     "InferenceNetwork",
     "PostProcessor",
+    "eval_network",
     "normalize_and_pad",
     "round_up_to_divisor",
     "run_inference",
 ]
+
+logger = logging.getLogger(__name__)
 
 TASKS = ("semantic", "panoptic", "instance")
 # Result key of each task.
@@ -120,6 +125,25 @@ class InferenceNetwork(nn.Module):
         return tuple(self.model.forward_network(images))
 
 
+# model -> its compiled InferenceNetwork (dropped with the model)
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def eval_network(model: nn.Module) -> Callable[[torch.Tensor], tuple]:
+    """The network :func:`run_inference` runs: ``model.forward_network``, or, when the model's
+    ``compile_network`` is set (config ``TEST.COMPILE``), its :class:`InferenceNetwork` through
+    ``torch.compile(dynamic=False)``: compiled at the first call of each input shape, then
+    reused (outputs within float rounding of the eager ones). Kept outside the module, so the
+    model's state dict and ``modules()`` are unchanged."""
+    if not getattr(model, "compile_network", False):
+        return model.forward_network
+    compiled = _COMPILED.get(model)
+    if compiled is None:
+        logger.info("TEST.COMPILE: compiling the network at its first call (per input shape)")
+        compiled = _COMPILED[model] = torch.compile(InferenceNetwork(model), dynamic=False)
+    return compiled
+
+
 def run_inference(model: nn.Module, batched_inputs: list[dict]) -> list[dict]:
     """The eval forward of an :class:`InferenceModel`: Detectron2 inputs -> results.
 
@@ -133,7 +157,7 @@ def run_inference(model: nn.Module, batched_inputs: list[dict]) -> list[dict]:
         model.pixel_std,
         size_divisibility=model.size_divisibility,
     )  # (B, 3, H_pad, W_pad)
-    pred_logits, pred_masks = model.forward_network(images.tensor)
+    pred_logits, pred_masks = eval_network(model)(images.tensor)
     output_sizes = [
         (x.get("height", size[0]), x.get("width", size[1]))
         for x, size in zip(batched_inputs, images.image_sizes)

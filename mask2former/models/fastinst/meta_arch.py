@@ -70,6 +70,7 @@ class FastInst(MaskFormer):
             "size_divisibility": fi.SIZE_DIVISIBILITY,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
+            "compile_network": cfg.TEST.COMPILE,
         }
 
     def forward(self, batched_inputs: list[dict]):

@@ -44,6 +44,7 @@ class MaskFormer(nn.Module):
         pixel_std: Sequence[float],
         extra_loss: VariantLoss | None = None,
         channels_last: bool = False,
+        compile_network: bool = False,
     ):
         """
         Args:
@@ -63,6 +64,8 @@ class MaskFormer(nn.Module):
                 input images in the channels-last memory format
                 (``MODEL.MASK_FORMER.CHANNELS_LAST``); training mode uses the default format,
                 which trains faster on the CPU (see :meth:`train`).
+            compile_network: at inference, run the network through ``torch.compile``
+                (``TEST.COMPILE``; see :func:`mask2former.modeling.inference.eval_network`).
         """
         super().__init__()
         # Frozen batch norms run folded into their convolutions at inference (same parameters
@@ -80,6 +83,7 @@ class MaskFormer(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self.extra_loss = extra_loss
         self.channels_last = channels_last
+        self.compile_network = compile_network
         self.train(self.training)
 
     @classmethod
@@ -130,6 +134,7 @@ class MaskFormer(nn.Module):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "extra_loss": extra_loss,
             "channels_last": mf.CHANNELS_LAST,
+            "compile_network": cfg.TEST.COMPILE,
         }
 
     @property
