@@ -11,6 +11,8 @@ import math
 import torch
 from torch import nn
 
+_EPS = 1e-6  # added to the valid-pixel count before normalising
+
 
 class PositionEmbeddingSine(nn.Module):
     """Parameter-free sine positional encoding.
@@ -48,24 +50,38 @@ class PositionEmbeddingSine(nn.Module):
             (B, 2F, H, W) float32.
         """
         if mask is None:
-            mask = torch.zeros((x.size(0), x.size(2), x.size(3)), device=x.device, dtype=torch.bool)
+            return self._unpadded(x.size(0), x.size(2), x.size(3), x.device)
         not_mask = ~mask
         y_embed = not_mask.cumsum(1, dtype=torch.float32)  # (B, H, W), 1-based row index
         x_embed = not_mask.cumsum(2, dtype=torch.float32)  # (B, H, W), 1-based column index
         if self.normalize:
-            eps = 1e-6
-            y_embed = y_embed / (y_embed[:, -1:, :] + eps) * self.scale
-            x_embed = x_embed / (x_embed[:, :, -1:] + eps) * self.scale
+            y_embed = y_embed / (y_embed[:, -1:, :] + _EPS) * self.scale
+            x_embed = x_embed / (x_embed[:, :, -1:] + _EPS) * self.scale
+        pos = torch.cat((self._encode(y_embed), self._encode(x_embed)), dim=3)  # (B, H, W, 2F)
+        return pos.permute(0, 3, 1, 2)  # (B, 2F, H, W)
 
-        dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=x.device)
+    def _unpadded(self, b: int, h: int, w: int, device: torch.device) -> torch.Tensor:
+        """The encoding without padding, which is separable: every row has the same x half and
+        every column the same y half, so the H + W positions are encoded once, not H * W
+        (same values as the masked path with an all-False mask). (B, 2F, H, W) in the
+        masked path's memory layout (a permuted (B, H, W, 2F) tensor)."""
+        y_embed = torch.arange(1, h + 1, dtype=torch.float32, device=device)  # (H,)
+        x_embed = torch.arange(1, w + 1, dtype=torch.float32, device=device)  # (W,)
+        if self.normalize:
+            y_embed = y_embed / (y_embed[-1:] + _EPS) * self.scale
+            x_embed = x_embed / (x_embed[-1:] + _EPS) * self.scale
+        f = self.num_pos_feats
+        pos = torch.empty((b, h, w, 2 * f), dtype=torch.float32, device=device)
+        pos[..., :f] = self._encode(y_embed)[:, None]  # (H, 1, F) over the columns
+        pos[..., f:] = self._encode(x_embed)  # (W, F) over the rows
+        return pos.permute(0, 3, 1, 2)  # (B, 2F, H, W)
+
+    def _encode(self, embed: torch.Tensor) -> torch.Tensor:
+        """Positions (...) -> (..., F): sin on even channels, cos on odd ones, interleaved."""
+        dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=embed.device)
         dim_t = self.temperature ** (2 * (dim_t // 2) / self.num_pos_feats)  # (F,)
-
-        pos_x = x_embed[:, :, :, None] / dim_t  # (B, H, W, F)
-        pos_y = y_embed[:, :, :, None] / dim_t  # (B, H, W, F)
-        # sin on even channels, cos on odd ones, interleaved: (B, H, W, F/2, 2) -> (B, H, W, F)
-        pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=4).flatten(3)
-        pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=4).flatten(3)
-        return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)  # (B, 2F, H, W)
+        pos = embed[..., None] / dim_t  # (..., F)
+        return torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1).flatten(-2)
 
     def extra_repr(self) -> str:
         return (

@@ -85,6 +85,15 @@ def test_position_encoding_mask_counts_valid_pixels_only():
     assert out[0, 4, 0, 2].item() == pytest.approx(math.sin(x_last_valid), abs=1e-5)
 
 
+@pytest.mark.parametrize("normalize", [False, True])
+def test_position_encoding_without_padding_is_the_masked_one_with_no_padding(normalize):
+    """The unpadded path encodes rows and columns once; the masked path every pixel."""
+    pe = PositionEmbeddingSine(6, normalize=normalize)
+    x = torch.zeros(2, 3, 5, 7)
+    fast, general = pe(x), pe(x, torch.zeros(2, 5, 7, dtype=torch.bool))
+    assert torch.equal(fast, general) and fast.stride() == general.stride()
+
+
 def test_position_encoding_has_no_parameters():
     assert not list(PositionEmbeddingSine(128, normalize=True).parameters())
 
