@@ -167,11 +167,13 @@ def export_onnx(
 
 def load_onnx(path: str, threads: int = 0):
     """An onnxruntime CPU session of an exported network; ``threads``: intra-op threads (0:
-    onnxruntime's default)."""
+    onnxruntime's default). Its threads do not spin-wait for work after a run, so that they do
+    not hold the cores PyTorch runs the post-processing (or another model) on next."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 

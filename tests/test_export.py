@@ -13,6 +13,7 @@ from mask2former.config import load_config
 from mask2former.export import (
     export_onnx,
     export_torch,
+    load_onnx,
     load_openvino,
     postprocess,
     prepare_image,
@@ -76,6 +77,9 @@ def test_onnx_matches_eager(model, example, tmp_path):
     assert {node.domain for node in graph.node} <= {"", "ai.onnx"}
     got = run_onnx(path, images)
     _assert_close_to_eager(got, expected)
+    # The session's threads do not spin after a run (they would hold PyTorch's cores).
+    options = load_onnx(path, threads=1).get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     if importlib.util.find_spec("openvino") is not None:  # the same graph in OpenVINO
         _assert_close_to_eager(run_openvino(load_openvino(path, threads=1), images), expected)
 
