@@ -56,11 +56,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("eager", "compile", "onnxruntime", "openvino")
-# Fastest first, from benchmarks/predictor_speed.py (2 threads; figures in the README): on the
-# COCO R50 at 800x1216 OpenVINO took 0.61x eager's network time and onnxruntime 0.72x, in one
-# run; on the synthetic R18 at 256x256 the two tied. torch.compile came out level with OpenVINO
-# on the R50 in an earlier run but behind onnxruntime on the R18, and its first call per input
-# shape (about a minute) costs more than an export. "auto" takes the first that applies.
+# Fastest first on small models, from benchmarks/predictor_speed.py (figures in the README): on
+# the synthetic R18 at 256x256 (1 thread) onnxruntime and OpenVINO took 0.79x-0.80x eager's
+# network time and torch.compile 0.90x. On the COCO R50 at 800x1216 (2 threads, 2026-12-03)
+# compile led in most runs (3.3-4.0 s; OpenVINO 3.6-4.3 s), but its first call per input shape
+# costs about a minute cold, more than an export. "auto" takes the first that applies.
 AUTO_ORDER = ("openvino", "onnxruntime", "compile", "eager")
 # Pip packages each backend needs (importable module name -> pip name).
 PACKAGES = {
