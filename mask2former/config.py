@@ -116,9 +116,9 @@ def add_maskformer2_config(cfg: CN) -> None:
     cfg.MODEL.MASK_FORMER.CHANNELS_LAST = True
     # At inference, run the network (backbone and head, not the post-processing) through
     # torch.compile(dynamic=False): compiled at the first call of each padded input shape (about
-    # a minute for the R50 at 800x1216 on 2 CPU cores; needs a C++ compiler), then 0.93x the
-    # eager time there (benchmarks/official_compare.py). Shared by the families that use the
-    # common inference path.
+    # a minute for the R50 at 800x1216 on 2 CPU cores; needs a C++ compiler), then 0.90x the
+    # eager network time there (benchmarks/predictor_speed.py --backends eager compile). Shared
+    # by the families that use the common inference path.
     cfg.TEST.COMPILE = False
 
     # Point-sampled losses: points per mask, oversampling and importance ratio (PointRend).

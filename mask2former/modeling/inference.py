@@ -52,8 +52,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TASKS = ("semantic", "panoptic", "instance")
-# Result key of each task.
-RESULT_KEYS = {"semantic": "sem_seg", "panoptic": "panoptic_seg", "instance": "instances"}
 
 
 def round_up_to_divisor(size: Sequence[int], divisor: int) -> tuple[int, ...]:

@@ -19,7 +19,11 @@ import torch
 from detectron2.structures import BitMasks, Boxes, Instances
 from torch.nn import functional as F
 
+# Result key of each task.
+RESULT_KEYS = {"semantic": "sem_seg", "panoptic": "panoptic_seg", "instance": "instances"}
+
 __all__ = [
+    "RESULT_KEYS",
     "instance_detections",
     "instance_inference",
     "instance_result",

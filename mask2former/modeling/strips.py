@@ -9,9 +9,11 @@ first touch). :func:`process_in_strips` instead resizes a strip of output rows a
 full resolution: the semantic scores, the panoptic winners and the instance masks.
 
 The resizing is the one of :meth:`mask2former.modeling.inference.PostProcessor.resize_masks`
-(bilinear to the padded input, crop to the image, bilinear to the output size), done
-separably: columns with ``F.interpolate`` (rows unchanged), then rows as the two-tap blend
-that ``F.interpolate`` computes, with the same source indices and weights.
+(bilinear to the padded input, crop to the image, bilinear to the output size). The first
+step runs ``F.interpolate`` on a band of rows (exact for the integer stride, see
+:class:`RowResizer`); the second, when the output size differs, is done separably: columns
+with ``F.interpolate`` (rows unchanged), then rows as the two-tap blend that ``F.interpolate``
+computes, with the same source indices and weights.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from detectron2.structures import Instances
 from torch.nn import functional as F
 
 from .postprocessing import (
+    RESULT_KEYS,
     instance_detections,
     instance_result,
     panoptic_keep,
@@ -159,12 +162,22 @@ class _Panoptic:
     """Panoptic inference (``postprocessing.panoptic_inference``), per strip: the winning kept
     query of every pixel and the three areas of each kept query."""
 
-    def __init__(self, mask_cls, height, width, *, num_classes, object_mask_threshold, **kw):
+    def __init__(
+        self,
+        mask_cls,
+        height,
+        width,
+        *,
+        num_classes,
+        object_mask_threshold,
+        overlap_threshold,
+        thing_ids,
+    ):
         self.kept, self.scores, self.classes = panoptic_keep(
             mask_cls, num_classes=num_classes, object_mask_threshold=object_mask_threshold
         )  # (Q',) each
-        self.overlap_threshold = kw["overlap_threshold"]
-        self.thing_ids = kw["thing_ids"]
+        self.overlap_threshold = overlap_threshold
+        self.thing_ids = thing_ids
         n, device = self.kept.numel(), mask_cls.device
         self.winner = torch.zeros((height, width), dtype=torch.int64, device=device)
         self.in_foreground = torch.zeros((height, width), dtype=torch.bool, device=device)
@@ -315,5 +328,4 @@ def process_in_strips(
         prob = logits.sigmoid()  # (Q, r, W)
         for part in parts.values():
             part.add(start, stop, logits, prob)
-    keys = {"semantic": "sem_seg", "panoptic": "panoptic_seg", "instance": "instances"}
-    return {keys[task]: part.result() for task, part in parts.items()}
+    return {RESULT_KEYS[task]: part.result() for task, part in parts.items()}
