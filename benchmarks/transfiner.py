@@ -20,7 +20,11 @@ detector adds the few boundary nodes of the 56 and 112 levels).
 images with their GT boxes (jittered) as the RoIs, then compares on those images and on
 validation images (GT boxes again, so detection plays no part) the masks refined to 112 x 112
 with the coarse 28 x 28 masks bilinearly upsampled: mean mask IoU and mean boundary IoU
-(Cheng et al. 2021: IoU of the bands within d = 2% of the image diagonal inside each contour).
+(Cheng et al. 2021: IoU of the bands within d = 2% of the image diagonal inside each contour),
+next to the GT itself resampled to the RoIs' 28 x 28 grid and upsampled (``gt_at_coarse_grid``:
+the coarse head's own target, upsampled). ``--data comb`` trains and evaluates on generated
+combs instead (:func:`comb_dataset`, spec 13.10's thin-part shapes: teeth about one coarse
+cell wide, which only the finer quadtree levels can draw).
 
 Writes every run and the per-variant mean / std to ``benchmarks/results/transfiner*.json``.
 
@@ -29,6 +33,7 @@ Examples::
     python benchmarks/transfiner.py train --seeds 0 1 2 --iters 300
     python benchmarks/transfiner.py timing --repeats 3
     python benchmarks/transfiner.py overfit --images 4 --iters 150
+    python benchmarks/transfiner.py overfit --data comb --images 4 --iters 300
 """
 
 from __future__ import annotations
@@ -218,113 +223,223 @@ def _ious(pred: torch.Tensor, gt: torch.Tensor) -> tuple[list[float], list[float
     return iou(pred, gt), iou(bp, bg)
 
 
-def run_overfit(args) -> None:
-    from detectron2.data import DatasetCatalog, DatasetMapper
-    from detectron2.layers.mask_ops import paste_masks_in_image
-    from detectron2.modeling import build_model
+def comb_masks(count: int, size: int, seed: int, *, period: int = 16) -> torch.Tensor:
+    """``count`` (size, size) bool masks of one "comb" each (spec 13.10's thin-part shapes).
+
+    A comb is a solid spine along one side of a box covering 75-90% of the image, with teeth of
+    width ``period / 2`` and gaps of ``period / 2`` running across the rest of the box (random
+    side and phase). The teeth are finer than the 28 x 28 coarse grid of a RoI this size (a cell
+    is about ``size / 28 * 0.8`` px, half a period or more), so the coarse mask cannot
+    draw them, while the RoI's 112 x 112 level (and P2, stride 4) can.
+
+    Returns:
+        (count, size, size) bool.
+    """
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.zeros((count, size, size), dtype=torch.bool)
+    for i in range(count):
+        side = int(size * (0.75 + 0.15 * torch.rand((), generator=g)))
+        x0, y0 = (int(torch.randint(0, size - side + 1, (), generator=g)) for _ in range(2))
+        spine = side // 4
+        phase = int(torch.randint(0, period, (), generator=g))
+        comb = torch.zeros((side, side), dtype=torch.bool)  # spine on top, teeth downwards
+        comb[:spine] = True
+        teeth = ((torch.arange(side) + phase) % period) < period // 2  # (side,) tooth columns
+        comb[spine:, teeth] = True
+        comb = torch.rot90(comb, int(torch.randint(0, 4, (), generator=g)))
+        masks[i, y0:y0 + side, x0:x0 + side] = comb
+    return masks
+
+
+def comb_dataset(count: int, size: int, seed: int) -> list[dict]:
+    """Model inputs ("image" (3, H, W) float 0-255, "height", "width") with their GT ("gt":
+    Instances with gt_boxes, gt_classes, gt_masks) of :func:`comb_masks`: a comb in one random
+    colour on a background of another, plus pixel noise."""
+    from detectron2.structures import BitMasks, Instances
+
+    g = torch.Generator().manual_seed(seed + 1)
+    out = []
+    for mask in comb_masks(count, size, seed):
+        colours = torch.rand((2, 3, 1, 1), generator=g) * 255  # background, comb
+        image = torch.where(mask, colours[1], colours[0])  # (3, H, W)
+        image = (image + 20 * torch.randn(image.shape, generator=g)).clamp(0, 255)
+        gt = Instances((size, size))
+        gt.gt_masks = BitMasks(mask[None])
+        gt.gt_boxes = gt.gt_masks.get_bounding_boxes()
+        gt.gt_classes = torch.zeros(1, dtype=torch.long)
+        out.append({"image": image, "height": size, "width": size, "gt": gt})
+    return out
+
+
+def _gt_rois(batch: list[dict], jitter: bool) -> list:
+    """Instances with each image's GT boxes as proposal and predicted boxes (``jitter``: each
+    coordinate moved by up to 5% of the box side, torch's global generator)."""
     from detectron2.structures import Boxes, Instances
 
-    cfg = _cfg(SYNTHETIC, ["SEED", str(args.seed)] + args.opts)
-    torch.manual_seed(args.seed)
-    model = build_model(cfg)
-    # the images at their generated size (about 256 px), GT as bitmasks, no augmentation
-    mapper = DatasetMapper(is_train=True, augmentations=[], image_format=cfg.INPUT.FORMAT,
-                           use_instance_mask=True, instance_mask_format="bitmask")
+    out = []
+    for d in batch:
+        gt = d["gt"]
+        boxes = gt.gt_boxes.tensor.clone()  # (N, 4)
+        if jitter:
+            wh = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)  # (N, 4)
+            boxes = boxes + (torch.rand_like(boxes) - 0.5) * 0.1 * wh
+        inst = Instances(gt.image_size)
+        inst.proposal_boxes = Boxes(boxes)
+        inst.pred_boxes = Boxes(boxes)
+        inst.gt_classes = inst.pred_classes = gt.gt_classes
+        inst.gt_masks = gt.gt_masks
+        out.append(inst)
+    return out
 
-    def load(name: str, count: int) -> list[dict]:
-        out = []
-        for record in DatasetCatalog.get(name)[:count]:
-            d = mapper(record)
-            d["gt"] = d.pop("instances")
-            out.append(d)
-        return out
 
-    train_set = load(cfg.DATASETS.TRAIN[0], args.images)
-    val_set = load(cfg.DATASETS.TEST[0], args.val_images)
+def overfit(model, train_set: list[dict], *, iters: int, lr: float) -> list[dict[str, float]]:
+    """Train only the backbone and the mask branch (mask pooler and head) of a Transfiner model
+    on ``train_set`` (batches of 2 in turn), with its GT boxes jittered as the RoIs: AdamW,
+    gradient norm clipped at 5. Returns each iteration's losses."""
     params = [p for n, p in model.named_parameters()
               if n.startswith(("backbone.", "roi_heads.mask_pooler.", "roi_heads.mask_head."))]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
-
-    def rois(batch, jitter):
-        out = []
-        for d in batch:
-            gt = d["gt"]
-            boxes = gt.gt_boxes.tensor.clone()
-            if jitter:
-                wh = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)
-                boxes = boxes + (torch.rand_like(boxes) - 0.5) * 0.1 * wh
-            inst = Instances(gt.image_size)
-            inst.proposal_boxes = Boxes(boxes)
-            inst.pred_boxes = Boxes(boxes)
-            inst.gt_classes = inst.pred_classes = gt.gt_classes
-            inst.gt_masks = gt.gt_masks
-            out.append(inst)
-        return out
-
-    start = time.perf_counter()
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     model.train()
-    if args.weights:  # evaluate the model a previous overfit run saved: no training
-        model.load_state_dict(torch.load(args.weights, weights_only=True)["model"])
-        logger.info("loaded %s, skipping training", args.weights)
-    for it in range(0 if args.weights else args.iters):
+    history, start = [], time.perf_counter()
+    for it in range(iters):
         batch = [train_set[(2 * it + k) % len(train_set)] for k in range(2)]
         images = model.preprocess_image(batch)
         features = model.backbone(images.tensor)
-        losses = model.roi_heads._forward_mask(features, rois(batch, jitter=True))
+        losses = model.roi_heads._forward_mask(features, _gt_rois(batch, jitter=True))
         loss = sum(losses.values())
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)
         optimizer.step()
-        if it % 10 == 0 or it == args.iters - 1:
-            logger.info("iter %d %s (%.0f s)", it,
-                        {k: round(float(v), 3) for k, v in losses.items()},
+        history.append({k: v.item() for k, v in losses.items()})
+        if it % 10 == 0 or it == iters - 1:
+            logger.info("iter %d %s (%.0f s)", it, {k: round(v, 3) for k, v in history[-1].items()},
                         time.perf_counter() - start)
+    return history
 
-    @torch.no_grad()
-    def measure(dataset, refine_limit, thresholds, align_corners):
-        model.eval()
-        model.roi_heads.max_refine_rois_test = refine_limit
-        model.roi_heads.mask_head.inc_thresh_test = thresholds
-        model.roi_heads.mask_head.upsample_align_corners = align_corners
-        mask_ious, boundary_ious = [], []
-        for d in dataset:
-            images = model.preprocess_image([d])
-            features = model.backbone(images.tensor)
-            (inst,) = model.roi_heads._forward_mask(features, rois([d], jitter=False))
-            pred = paste_masks_in_image(inst.pred_masks[:, 0], inst.pred_boxes,
-                                        d["gt"].image_size)  # (N, H, W) bool
-            m, b = _ious(pred, d["gt"].gt_masks.tensor)
-            mask_ious += m
-            boundary_ious += b
-        return {"mask_IoU": 100 * statistics.mean(mask_ious),
-                "boundary_IoU": 100 * statistics.mean(boundary_ious), "instances": len(mask_ious)}
 
-    if not args.weights:
+def _scores(pred_masks: list[torch.Tensor], dataset: list[dict]) -> dict:
+    """Mean mask IoU and boundary IoU (x 100) of per-image (N, H, W) bool predictions."""
+    mask_ious, boundary_ious = [], []
+    for pred, d in zip(pred_masks, dataset):
+        m, b = _ious(pred, d["gt"].gt_masks.tensor)
+        mask_ious += m
+        boundary_ious += b
+    return {"mask_IoU": 100 * statistics.mean(mask_ious),
+            "boundary_IoU": 100 * statistics.mean(boundary_ious), "instances": len(mask_ious)}
+
+
+@torch.no_grad()
+def mask_quality(model, dataset: list[dict], *, refine_limit: int = 10**6,
+                 thresholds: tuple[float, ...] | None = None, align_corners: bool = True) -> dict:
+    """The model's masks on ``dataset`` with its GT boxes as the detections, pasted into the
+    image: refined (the first ``refine_limit`` RoIs, ``thresholds`` = the test node thresholds,
+    default the model's) or, with ``refine_limit=0``, the coarse masks bilinearly upsampled."""
+    from detectron2.layers.mask_ops import paste_masks_in_image
+
+    head = model.roi_heads.mask_head
+    saved = (model.roi_heads.max_refine_rois_test, head.inc_thresh_test,
+             head.upsample_align_corners)
+    model.roi_heads.max_refine_rois_test = refine_limit
+    head.inc_thresh_test = thresholds or saved[1]
+    head.upsample_align_corners = align_corners
+    model.eval()
+    preds = []
+    for d in dataset:
+        images = model.preprocess_image([d])
+        features = model.backbone(images.tensor)
+        (inst,) = model.roi_heads._forward_mask(features, _gt_rois([d], jitter=False))
+        preds.append(paste_masks_in_image(inst.pred_masks[:, 0], inst.pred_boxes,
+                                          d["gt"].image_size))  # (N, H, W) bool
+    model.roi_heads.max_refine_rois_test, head.inc_thresh_test, head.upsample_align_corners = saved
+    return _scores(preds, dataset)
+
+
+@torch.no_grad()
+def coarse_grid_quality(dataset: list[dict], size: int = 28, out_size: int = 112) -> dict:
+    """A coarse head that hits its target exactly: each GT mask resampled to the RoI's
+    ``size`` x ``size`` grid (RoIAlign, as the coarse target), bilinearly upsampled to
+    ``out_size`` and pasted like a prediction."""
+    import torch.nn.functional as F
+    from detectron2.layers.mask_ops import paste_masks_in_image
+
+    preds = []
+    for d in dataset:
+        gt = d["gt"]
+        grid = gt.gt_masks.crop_and_resize(gt.gt_boxes.tensor, size).float()  # (N, size, size)
+        up = F.interpolate(grid[:, None], (out_size, out_size), mode="bilinear",
+                           align_corners=False)[:, 0]  # (N, out_size, out_size)
+        preds.append(paste_masks_in_image(up, gt.gt_boxes, gt.image_size))  # (N, H, W) bool
+    return _scores(preds, dataset)
+
+
+def run_overfit(args) -> None:
+    from detectron2.data import DatasetCatalog, DatasetMapper
+    from detectron2.modeling import build_model
+
+    cfg = _cfg(SYNTHETIC, ["SEED", str(args.seed)] + args.opts)
+    torch.manual_seed(args.seed)
+    model = build_model(cfg)
+    tag = "" if args.data == "synthetic" else f"_{args.data}"
+    if args.data == "comb":
+        train_set = comb_dataset(args.images, args.size, seed=1000 * args.seed)
+        val_set = comb_dataset(args.val_images, args.size, seed=1000 * args.seed + 500)
+    else:
+        # the images at their generated size (about 256 px), GT as bitmasks, no augmentation
+        mapper = DatasetMapper(is_train=True, augmentations=[], image_format=cfg.INPUT.FORMAT,
+                               use_instance_mask=True, instance_mask_format="bitmask")
+
+        def load(name: str, count: int) -> list[dict]:
+            out = []
+            for record in DatasetCatalog.get(name)[:count]:
+                d = mapper(record)
+                d["gt"] = d.pop("instances")
+                out.append(d)
+            return out
+
+        train_set = load(cfg.DATASETS.TRAIN[0], args.images)
+        val_set = load(cfg.DATASETS.TEST[0], args.val_images)
+
+    start = time.perf_counter()
+    history = []
+    if args.weights:  # evaluate the model a previous overfit run saved: no training
+        model.load_state_dict(torch.load(args.weights, weights_only=True)["model"])
+        logger.info("loaded %s, skipping training", args.weights)
+    else:
+        history = overfit(model, train_set, iters=args.iters, lr=args.lr)
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         torch.save({"model": model.state_dict()},
-                   os.path.join(cfg.OUTPUT_DIR, f"overfit_seed{args.seed}.pth"))
+                   os.path.join(cfg.OUTPUT_DIR, f"overfit{tag}_seed{args.seed}.pth"))
     reference = tuple(cfg.MODEL.TRANSFINER.INC_THRESH_TEST)
     incoherent_top = (cfg.MODEL.TRANSFINER.INC_THRESH_TRAIN[0], *reference[1:])
     variants = {
         # refinement with the reference's level-to-level upsampling (align_corners=True) ...
-        "refined": (10**6, reference, True),
+        "refined": dict(thresholds=reference),
         # ... and with the cell-centre one (MODEL.TRANSFINER.UPSAMPLE_ALIGN_CORNERS False)
-        "refined_centre_upsampling": (10**6, reference, False),
+        "refined_centre_upsampling": dict(thresholds=reference, align_corners=False),
         # the top level refined only at incoherent cells (q >= the training threshold), the
         # other cells keep the coarse mask
-        "refined_incoherent_top": (10**6, incoherent_top, True),
-        "refined_incoherent_top_centre_upsampling": (10**6, incoherent_top, False),
-        "coarse_upsampled": (0, reference, True),
+        "refined_incoherent_top": dict(thresholds=incoherent_top),
+        "refined_incoherent_top_centre_upsampling": dict(thresholds=incoherent_top,
+                                                         align_corners=False),
+        "coarse_upsampled": dict(refine_limit=0),
     }
     results = {}
     for split, dataset in (("train", train_set), ("val", val_set)):
-        for variant, (limit, thresholds, align) in variants.items():
-            results[f"{split}/{variant}"] = measure(dataset, limit, thresholds, align)
+        for variant, kwargs in variants.items():
+            results[f"{split}/{variant}"] = mask_quality(model, dataset, **kwargs)
             logger.info("%s %s: %s", split, variant, results[f"{split}/{variant}"])
-    _write(args.out or f"transfiner_overfit_seed{args.seed}.json",
-           {"images": args.images, "iters": args.iters, "lr": args.lr, "opts": args.opts,
-            "seconds": time.perf_counter() - start, "results": results})
+        results[f"{split}/gt_at_coarse_grid"] = coarse_grid_quality(dataset)
+        logger.info("%s gt_at_coarse_grid: %s", split, results[f"{split}/gt_at_coarse_grid"])
+    first, last = history[:10], history[-10:]
+    _write(args.out or f"transfiner_overfit{tag}_seed{args.seed}.json",
+           {"data": args.data, "size": args.size, "images": args.images, "iters": args.iters,
+            "lr": args.lr, "opts": args.opts, "seconds": time.perf_counter() - start,
+            "loss_first10": {k: statistics.mean(h[k] for h in first) for k in first[0]}
+            if first else None,
+            "loss_last10": {k: statistics.mean(h[k] for h in last) for k in last[0]}
+            if last else None,
+            "results": results})
 
 
 def _write(name: str, payload: dict) -> None:
@@ -353,6 +468,9 @@ def main() -> None:
     p.add_argument("--out", default=None, help="file name under benchmarks/results/")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p = sub.add_parser("overfit", help="refined vs upsampled coarse masks, GT boxes as RoIs")
+    p.add_argument("--data", choices=["synthetic", "comb"], default="synthetic",
+                   help="the generated instance data, or one thin-toothed comb per image")
+    p.add_argument("--size", type=int, default=256, help="comb image side")
     p.add_argument("--images", type=int, default=4)
     p.add_argument("--val-images", type=int, default=30)
     p.add_argument("--iters", type=int, default=150)
