@@ -26,12 +26,14 @@ from mask2former.data.checks import check_dataset_config
 from mask2former.data.declared import register_declared_datasets
 from mask2former.engine.defaults import load_config, setup
 from mask2former.engine.trainer import Trainer
+from mask2former.utils.allocator import keep_freed_memory
 from mask2former.utils.checkpoint import SafeCheckpointer
 
 logger = logging.getLogger("mask2former.train_net")
 
 
 def main(args):
+    keep_freed_memory()  # in every worker; M2F_KEEP_FREED_MEMORY=0 keeps malloc's defaults
     cfg = setup(args)
     register_declared_datasets(cfg)  # DATASETS.CUSTOM, in every worker process
     check_dataset_config(cfg)  # fail early, with a clear message, on unfit datasets and files

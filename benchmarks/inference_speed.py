@@ -33,6 +33,7 @@ from detectron2.modeling import build_model
 import mask2former  # noqa: F401  (registers the model components)
 from mask2former.engine.defaults import adjust_for_device, load_config
 from mask2former.layers import active_impl_of
+from mask2former.utils.allocator import keep_freed_memory
 
 logger = logging.getLogger("mask2former.benchmarks.inference_speed")
 
@@ -89,6 +90,7 @@ def main(argv=None) -> dict:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    kept = keep_freed_memory()  # M2F_KEEP_FREED_MEMORY=0 for malloc's defaults
 
     cfg = load_config(args.config_file, args.opts)
     cfg.MODEL.DEVICE = args.device or cfg.MODEL.DEVICE
@@ -125,6 +127,7 @@ def main(argv=None) -> dict:
         # (M2F_MSDA_IMPL=pytorch or DEFORMABLE_ATTENTION_IMPL pytorch, or no extension), "none".
         "deformable_attention": active_impl_of(model, device.type),
         "torch_threads": torch.get_num_threads(),
+        "keep_freed_memory": kept,
         # 1-minute load average before and after timing: other work competing for the CPU.
         "load_average": [load_before, load_after],
         "torch": torch.__version__,

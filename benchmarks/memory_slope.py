@@ -41,6 +41,7 @@ import mask2former  # noqa: F401  (registers the components and datasets)
 from mask2former.config import load_config
 from mask2former.data.synthetic import generate_synthetic_dataset
 from mask2former.engine.trainer import Trainer
+from mask2former.utils.allocator import keep_freed_memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(
@@ -239,11 +240,13 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default=RESULT)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
+    kept = keep_freed_memory()  # as train_net.py and the demo do; M2F_KEEP_FREED_MEMORY=0: off
     torch.set_num_threads(args.threads)
     report = {
         "config": os.path.relpath(args.config_file, ROOT),
         "opts": args.opts,
         "threads": args.threads,
+        "keep_freed_memory": kept,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "loadavg_start": open("/proc/loadavg").read().split()[:3],
     }

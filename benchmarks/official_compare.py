@@ -52,6 +52,7 @@ import mask2former  # noqa: F401  (registers the model components)
 from mask2former.config import load_config
 from mask2former.layers import active_impl_of
 from mask2former.modeling.inference import eval_network, normalize_and_pad
+from mask2former.utils.allocator import keep_freed_memory
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from inference_speed import _cpu_name  # noqa: E402
@@ -215,6 +216,7 @@ def main(argv=None) -> dict:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    kept = keep_freed_memory()  # both codes share the process; M2F_KEEP_FREED_MEMORY=0: off
     torch.set_num_threads(args.threads)
 
     cfg, ours, official = build_pair(args)
@@ -285,6 +287,7 @@ def main(argv=None) -> dict:
         "deformable_attention": active_impl_of(ours, "cpu"),
         "device": _cpu_name(),
         "torch_threads": torch.get_num_threads(),
+        "keep_freed_memory": kept,
         "load_average": [load_before, load_after],
         "warmup": args.warmup,
         "runs": args.runs,

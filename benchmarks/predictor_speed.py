@@ -39,6 +39,7 @@ from mask2former.backends import AUTO_ORDER, BACKENDS, make_network, missing_pac
 from mask2former.engine.defaults import load_config
 from mask2former.layers import active_impl_of
 from mask2former.modeling.inference import InferenceNetwork, normalize_and_pad
+from mask2former.utils.allocator import keep_freed_memory
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from inference_speed import _cpu_name  # noqa: E402
@@ -134,6 +135,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logger.setLevel(logging.INFO)
+    kept = keep_freed_memory()  # M2F_KEEP_FREED_MEMORY=0 for malloc's defaults
 
     torch.set_num_threads(args.threads)
     backends = []
@@ -184,6 +186,7 @@ def main(argv=None) -> dict:
         "timings": {b: timings[b] for b in (*backends, "postprocess")},
         "device": _cpu_name(),
         "torch_threads": torch.get_num_threads(),
+        "keep_freed_memory": kept,
         # Eager/compile deformable attention of the built model: "compiled" (mask2former._C),
         # "pytorch" or "none". The ONNX backends always run the pure-PyTorch formulation.
         "deformable_attention": active_impl_of(model, "cpu"),

@@ -69,6 +69,7 @@ from detectron2.structures import Instances
 import mask2former  # noqa: F401  (registers the model components)
 from mask2former.config import load_config
 from mask2former.layers import active_impl_of
+from mask2former.utils.allocator import keep_freed_memory
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from inference_speed import _cpu_name  # noqa: E402
@@ -507,6 +508,7 @@ def _log_table(result: dict) -> None:
 def main(argv=None) -> dict:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    kept = keep_freed_memory()  # also in the memory workers; M2F_KEEP_FREED_MEMORY=0: off
     torch.set_num_threads(args.threads)
     if args.only:
         result = worker(args)
@@ -557,6 +559,7 @@ def main(argv=None) -> dict:
         "deformable_attention": active_impl_of(models["ours"], "cpu"),
         "device": _cpu_name(),
         "torch_threads": torch.get_num_threads(),
+        "keep_freed_memory": kept,
         "load_average": [load_before, load_after],
         "warmup": args.warmup,
         "runs": args.runs,

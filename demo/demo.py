@@ -33,6 +33,7 @@ import tqdm
 from mask2former.backends import BACKENDS, BackendUnavailableError
 from mask2former.config import UnknownConfigKeyError, load_config
 from mask2former.data.utils import read_image_checked
+from mask2former.utils.allocator import keep_freed_memory
 from mask2former.utils.predictions import PredictionWriter
 from mask2former.utils.visualization import save_rgb
 
@@ -226,6 +227,7 @@ def _build_demo(args) -> VisualizationDemo:
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
+    keep_freed_memory()  # M2F_KEEP_FREED_MEMORY=0 keeps malloc's defaults
     if not os.path.isfile(args.config_file):
         raise SystemExit(f"config file not found: '{args.config_file}'")
     if args.batch_frames < 1:

@@ -29,6 +29,7 @@ from mask2former.data.synthetic import generate_synthetic_dataset
 from mask2former.engine.defaults import setup
 from mask2former.engine.trainer import Trainer
 from mask2former.predictor import Predictor
+from mask2former.utils.allocator import keep_freed_memory
 from mask2former.utils.visualization import save_prediction_grid
 
 logger = logging.getLogger("mask2former.default_run")
@@ -67,6 +68,7 @@ def peak_memory_mib() -> float:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    kept = keep_freed_memory()  # M2F_KEEP_FREED_MEMORY=0 keeps malloc's defaults
     started = time.perf_counter()
     data_root = generate_synthetic_dataset(progress=True)
     cfg = setup(args)
@@ -101,6 +103,7 @@ def main(argv=None) -> int:
         seconds_per_iteration=round(train_seconds / iters, 3) if iters > 0 else None,
         peak_memory_mib=round(peak_memory_mib(), 1),
         torch_threads=torch.get_num_threads(),
+        keep_freed_memory=kept,
     )
 
     dataset = cfg.DATASETS.TEST[0]
