@@ -8,7 +8,7 @@ script gives the figure to hold them against. Prints the rates and writes
 
 Usage::
 
-    python benchmarks/matmul_ceiling.py [--threads 2] [--sizes 2048 4096] [--runs 5]
+    python benchmarks/matmul_ceiling.py [--threads 1 2] [--sizes 2048 4096] [--runs 5]
 """
 
 from __future__ import annotations
@@ -17,9 +17,13 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from inference_speed import _cpu_name  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT = os.path.join(ROOT, "benchmarks", "results", "matmul_ceiling.json")
@@ -52,6 +56,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--output", default=RESULT)
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -64,9 +69,10 @@ def main(argv=None) -> dict:
             )
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "device": _cpu_name(),
         "torch": torch.__version__,
-        "load_average": open("/proc/loadavg").read().split()[:3] if os.path.exists(
-            "/proc/loadavg") else None,
+        # 1-minute load average before and after: other work competing for the CPU.
+        "load_average": [load_before, os.getloadavg()[0]],
         "rows": rows,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

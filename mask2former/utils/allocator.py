@@ -35,7 +35,7 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 1 << 30  # blocks below 1 GiB come from the heap, and are reused once freed
 TRIM_THRESHOLD = 2**31 - 1  # never give the heap's free top back to the kernel
-_FALLBACK_MMAP_THRESHOLD = 32 << 20  # the most glibc before 2.35 accepts on 64-bit
+_FALLBACK_MMAP_THRESHOLD = 32 << 20  # DEFAULT_MMAP_THRESHOLD_MAX on 64-bit: what any glibc accepts
 
 
 def _glibc():
